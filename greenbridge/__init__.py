@@ -1,0 +1,45 @@
+"""greenbridge: direct-style (green) code and asyncio code together, on one thread, one loop.
+
+The two crossing points are ``await_from_green`` (green code waits for an asyncio awaitable) and
+``spawn_green`` (asyncio code runs a direct-style function); ``run`` starts a program.
+"""
+
+from ._adapters import enter as enter
+from ._adapters import iterate as iterate
+from ._adapters import run_in_thread as run_in_thread
+from ._core import as_async as as_async
+from ._core import as_green as as_green
+from ._core import await_from_green as await_from_green
+from ._core import in_green as in_green
+from ._core import run as run
+from ._core import spawn_green as spawn_green
+from ._errors import BufferLimitExceeded as BufferLimitExceeded
+from ._errors import ClosedResourceError as ClosedResourceError
+from ._errors import GreenbridgeError as GreenbridgeError
+from ._errors import NoGreenContext as NoGreenContext
+from ._errors import SwitchFinishedError as SwitchFinishedError
+from ._time import sleep as sleep
+from ._time import timeout as timeout
+from ._time import with_timeout as with_timeout
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BufferLimitExceeded",
+    "ClosedResourceError",
+    "GreenbridgeError",
+    "NoGreenContext",
+    "SwitchFinishedError",
+    "as_async",
+    "as_green",
+    "await_from_green",
+    "enter",
+    "in_green",
+    "iterate",
+    "run",
+    "run_in_thread",
+    "sleep",
+    "spawn_green",
+    "timeout",
+    "with_timeout",
+)

@@ -1,0 +1,101 @@
+"""Async context managers, async iterators and blocking calls, usable from green code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import types
+from collections.abc import AsyncIterable, Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, AsyncContextManager, TypeVar, TypeVarTuple, Unpack
+
+from ._core import await_from_green, in_green, _no_green_message
+from ._errors import NoGreenContext
+
+__all__ = ("enter", "iterate", "run_in_thread")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class _EnteredAsync(AbstractContextManager[T]):
+    """A synchronous view of one async context manager, for green code."""
+
+    __slots__ = ("_acm",)
+
+    def __init__(self, acm: AsyncContextManager[T]) -> None:
+        self._acm = acm
+
+    def __enter__(self) -> T:
+        return await_from_green(self._acm.__aenter__())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        return await_from_green(self._acm.__aexit__(exc_type, exc, tb))
+
+
+def enter(acm: AsyncContextManager[T]) -> AbstractContextManager[T]:
+    """Use an async context manager from green code: ``with gb.enter(acm) as value: ...``.
+
+    ``__aenter__`` and ``__aexit__`` are awaited with ``await_from_green``, so both are suspension
+    (and cancellation) points and run inside the fiber's Task -- ``asyncio.timeout()`` and
+    ``TaskGroup`` work this way. Raises ``TypeError`` at once when ``acm`` is not an async context
+    manager; ``NoGreenContext`` on entry outside green code.
+    """
+    if not (hasattr(acm, "__aenter__") and hasattr(acm, "__aexit__")):
+        hint = " (it is a plain context manager: use 'with' directly)" if hasattr(acm, "__enter__") else ""
+        raise TypeError(f"gb.enter() needs an async context manager, got {type(acm).__name__!r}{hint}")
+    return _EnteredAsync(acm)
+
+
+def iterate(aiterable: AsyncIterable[T]) -> Iterator[T]:
+    """Iterate an async iterable from green code: ``for item in gb.iterate(ait): ...``.
+
+    Each step awaits ``__anext__`` with ``await_from_green`` (a suspension point). When the loop
+    is left early (``break``, an exception), an async generator is closed with ``aclose()``
+    right away, so its ``finally`` blocks run in order. Raises ``TypeError`` at once when the
+    argument is not async-iterable.
+    """
+    if not hasattr(aiterable, "__aiter__"):
+        hint = " (it is a plain iterable: use 'for' directly)" if hasattr(aiterable, "__iter__") else ""
+        raise TypeError(f"gb.iterate() needs an async iterable, got {type(aiterable).__name__!r}{hint}")
+    return _iterate(aiterable.__aiter__())
+
+
+def _iterate(it: Any) -> Iterator[Any]:
+    anext = type(it).__anext__
+    exhausted = False
+    try:
+        while True:
+            try:
+                item = await_from_green(anext(it))
+            except StopAsyncIteration:
+                exhausted = True
+                return
+            yield item
+    finally:
+        aclose = getattr(it, "aclose", None)
+        # Closed early: finish the async generator now, in order, if we still can. Outside green
+        # code (a generator collected by the GC) asyncio's async-generator hooks finish it.
+        if not exhausted and aclose is not None and in_green():
+            await_from_green(aclose())
+
+
+def run_in_thread(fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts]) -> T:
+    """Run a truly blocking call in the loop's default executor; the fiber waits, the loop runs.
+
+    The caller's contextvars are copied into the thread. A suspension point: if the fiber is
+    cancelled meanwhile, ``CancelledError`` is raised here at once, but the thread cannot be
+    stopped and runs ``fn`` to its end (its result is then dropped). Raises ``NoGreenContext``
+    outside green code, without starting ``fn``.
+    """
+    if not in_green():
+        raise NoGreenContext(_no_green_message("gb.run_in_thread()"))
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await_from_green(loop.run_in_executor(None, call))

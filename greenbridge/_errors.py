@@ -1,0 +1,41 @@
+"""The exception hierarchy: one root, builtin families reused where users expect them."""
+
+from __future__ import annotations
+
+__all__ = (
+    "BufferLimitExceeded",
+    "ClosedResourceError",
+    "GreenbridgeError",
+    "NoGreenContext",
+    "SwitchFinishedError",
+)
+
+
+class GreenbridgeError(Exception):
+    """Root of the errors greenbridge defines itself.
+
+    Network failures use the builtin ``ConnectionError`` family, timeouts the builtin
+    ``TimeoutError`` and cancellation ``asyncio.CancelledError``, as users expect.
+    """
+
+
+class NoGreenContext(GreenbridgeError, RuntimeError):
+    """A green-only call (``await_from_green`` and everything built on it) was made outside a green
+    fiber: from a coroutine, a loop callback, another thread, or after the loop finished.
+
+    The message says what to do instead.
+    """
+
+
+class ClosedResourceError(GreenbridgeError):
+    """*Your* code closed this resource (a flow, a stream, a listener) and then used it again."""
+
+
+class SwitchFinishedError(GreenbridgeError, RuntimeError):
+    """A ``Switch`` was used after its block exited (or after it failed and stopped accepting
+    work)."""
+
+
+class BufferLimitExceeded(GreenbridgeError, ValueError):
+    """A ``BufReader`` would have to buffer more than its ``max_size`` to satisfy the request:
+    the guard against untrusted input that never ends a line."""

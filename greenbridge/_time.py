@@ -1,0 +1,69 @@
+"""Time for green code: sleep, timeout blocks and timed calls."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar, TypeVarTuple, Unpack
+
+from ._core import _no_green_message, await_from_green, in_green
+from ._errors import NoGreenContext
+
+__all__ = ("sleep", "timeout", "with_timeout")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+def sleep(seconds: float) -> None:
+    """Suspend the calling fiber for ``seconds``; 0 (or less) just lets other work run first.
+
+    A suspension point, hence a cancellation point. Raises ``NoGreenContext`` outside green code.
+    """
+    await_from_green(asyncio.sleep(seconds))
+
+
+class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._timeout: asyncio.Timeout | None = None
+
+    def __enter__(self) -> asyncio.Timeout:
+        if self._timeout is not None:
+            raise RuntimeError("a gb.timeout() block cannot be entered twice")
+        if not in_green():
+            raise NoGreenContext(_no_green_message("gb.timeout()"))
+        self._timeout = asyncio.timeout(self._seconds)
+        return await_from_green(self._timeout.__aenter__())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        assert self._timeout is not None
+        return await_from_green(self._timeout.__aexit__(exc_type, exc, tb))
+
+
+def timeout(seconds: float | None) -> AbstractContextManager[asyncio.Timeout]:
+    """A green ``with`` block that may span many suspensions and is cut short after ``seconds``.
+
+    ``with gb.timeout(2.0): ...`` -- when the time runs out while the block is suspended, the
+    wait is cancelled and the block raises the builtin ``TimeoutError``; ``None`` means no limit,
+    0 or less expires at the first suspension. Built on ``asyncio.timeout`` in the fiber's Task,
+    so it nests with asyncio timeouts and can be rescheduled through the ``asyncio.Timeout`` the
+    ``with`` yields. Raises ``NoGreenContext`` on entry outside green code.
+    """
+    return _GreenTimeout(seconds)
+
+
+def with_timeout(seconds: float | None, fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts]) -> T:
+    """Call ``fn(*args)`` under ``gb.timeout(seconds)``; return its result or raise
+    ``TimeoutError``."""
+    with timeout(seconds):
+        return fn(*args)
