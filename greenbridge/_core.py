@@ -112,6 +112,13 @@ class _Fiber(greenlet):  # type: ignore[misc]
 
     # This fiber's idle _Stepper, None while await_from_green is using it.
     _stepper: _Stepper | None = None
+    # The _GreenCall this fiber runs (None while idle in the pool).
+    _call: _GreenCall | None = None
+    # Direct resumption (see "Direct resumption" in the memo). _park is the Future the hosting
+    # Task waits on while the fiber is parked by a Waiter; _direct is True while the fiber was
+    # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
+    _park: asyncio.Future[Any] | None = None
+    _direct = False
 
 
 # What a fiber hands its driver when the function it ran has returned or raised; the outcome
@@ -146,6 +153,9 @@ def _fiber_main(call: _GreenCall) -> Any:
         except BaseException as exc:  # noqa: BLE001 - reported to the driver, which re-raises
             call._error = exc
         call = None  # type: ignore[assignment]  # an idle fiber must not keep its last call alive
+        if fiber._direct:
+            _return_to_task(fiber)  # the driver, not a waker, must receive _FINISHED
+        fiber._call = fiber._park = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
         idle.append(fiber)
@@ -299,6 +309,7 @@ class _GreenCall(collections.abc.Coroutine):  # type: ignore[type-arg]
         else:
             fiber = _Fiber(_fiber_main, driver)
         fiber.gr_context = driver.gr_context
+        fiber._call = self
         self._fiber = fiber
         return fiber
 
@@ -384,6 +395,102 @@ def _await_iter(awaitable: Any) -> Any:
     return method(awaitable)
 
 
+# -- direct resumption ------------------------------------------------------------------------
+#
+# A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
+# driver a Future, ``_park``, that the hosting Task then waits on. A waker running in the loop
+# greenlet -- typically a protocol callback -- may switch straight into the parked fiber
+# (``_wake_direct``) instead of completing that Future and letting the Task wake the fiber one
+# loop iteration later. The fiber then runs outside its Task's step (``_direct``), with its Task
+# still waiting on the same, still pending ``_park``. When it parks again it switches back to the
+# waker (``_PARKED``); when it needs its Task again -- to await asyncio code, or to report that
+# its function finished -- it completes ``_park`` and switches back to the waker
+# (``_return_to_task``), and its driver resumes it at the next Task step.
+#
+# Invariants: only a greenlet that is the fiber's parent switches into it directly (a waker in
+# another fiber, or in a nested fiber's driver, completes ``_park`` instead); a directly resumed
+# fiber never switches to its parent with anything its driver would have to interpret, except the
+# foreign convention's awaitable, which ``_wake_direct`` passes on to the driver (``_foreign``).
+
+# What a parked fiber hands a direct waker; and what a direct waker sends in.
+_PARKED: Any = object()
+_WOKEN: Any = object()
+
+
+def _park(fiber: _Fiber) -> None:
+    """Suspend ``fiber`` (the caller) until a waker or its Task resumes it.
+
+    Raises what the Task throws in (cancellation). The caller re-checks its own condition.
+    """
+    if fiber._direct:
+        park = fiber._park
+        assert park is not None
+        if park.done():
+            # Cancelled while we ran outside the Task: let the Task deliver it.
+            fiber._direct = False
+        try:
+            fiber._direct = fiber.parent.switch(_PARKED) is _WOKEN
+        except BaseException:
+            fiber._direct = False
+            raise
+        return
+    park = fiber._park
+    if park is None or park.done():
+        park = fiber._park = asyncio.get_running_loop().create_future()
+    park._asyncio_future_blocking = True
+    try:
+        fiber._direct = fiber.parent.switch(park) is _WOKEN
+    except BaseException:
+        fiber._direct = False
+        raise
+
+
+def _return_to_task(fiber: _Fiber) -> None:
+    """Called by a directly resumed fiber that needs its Task's step: come back inside it."""
+    park = fiber._park
+    fiber._direct = False
+    assert park is not None
+    if not park.done():
+        park.set_result(None)
+    fiber.parent.switch(_PARKED)
+
+
+def _resume(fiber: _Fiber) -> bool:
+    """Resume a fiber parked by ``_park``: directly when the caller is its parent (the loop
+    greenlet), else through its Task. False when the fiber's Task is being cancelled (the park
+    Future is done), in which case the fiber will see ``CancelledError`` and is not resumed."""
+    park = fiber._park
+    if park is None or park.done():
+        return False
+    if getcurrent() is fiber.parent:
+        fiber._direct = True
+        out = fiber.switch(_WOKEN)
+        if out is not _PARKED:
+            _pass_to_driver(fiber, out)
+    else:
+        fiber._direct = False
+        park.set_result(None)
+    return True
+
+
+def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
+    """A directly resumed fiber used the foreign convention (``parent.switch(awaitable)``):
+    hand the awaitable to its driver and let its Task step await it."""
+    call = fiber._call
+    assert call is not None and fiber._park is not None
+    fiber._direct = False
+    try:
+        call._foreign = _await_iter(awaitable)
+    except TypeError as exc:
+        call._foreign = _raising(exc)
+    fiber._park.set_result(None)
+
+
+def _raising(exc: BaseException) -> Generator[Any, Any, Any]:
+    raise exc
+    yield  # pragma: no cover - makes this a generator
+
+
 def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
     """Run ``fn(*args, **kwargs)`` in a new green fiber; called from asyncio code.
 
@@ -423,6 +530,8 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     current = getcurrent()
     if type(current) is not _Fiber:
         return _await_outside_fiber(current, awaitable)
+    if current._direct:
+        _return_to_task(current)
     stepper = current._stepper
     if stepper is None:  # first await in this fiber, or an await nested inside another
         stepper = _Stepper()

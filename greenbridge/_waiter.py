@@ -1,17 +1,21 @@
 """One-shot wake-ups for green fibers: the primitive every greenbridge-internal wait is built on.
 
 Promises, Streams, locks and flows all reduce to "this fiber waits until something wakes it".
-They use ``Waiter`` rather than ``await_from_green(future)`` directly so that the mechanism can
-be made faster in one place (resuming a fiber straight from the loop callback that wakes it,
-DESIGN.md section 2) without touching them.
+They use ``Waiter`` rather than ``await_from_green(future)`` so that the fast path lives in one
+place: a waker running in the loop greenlet (a protocol callback, a coroutine, a loop callback)
+switches straight into the parked fiber instead of going through a Future and a Task wake-up one
+loop iteration later (see "direct resumption" in ``_core``).
 
 Rules every user of a Waiter follows:
 
-* ``wait()`` is called at most once, from green code; ``wake``/``fail`` from anywhere on the
-  loop's thread (green code, a coroutine, a protocol callback).
+* ``wait()`` is called at most once, from green code; ``wake``/``fail``/``cancel`` from anywhere
+  on the loop's thread (green code, a coroutine, a protocol or loop callback).
+* ``wake`` may run the woken fiber before it returns: call it once your own state is consistent
+  (after appending the data, after releasing the lock), never in the middle of an update.
 * ``wake``/``fail`` return whether the outcome was accepted. ``False`` means the waiter was
-  already woken or its fiber was cancelled: the caller still owns the value (hand it to another
-  waiter or keep it) -- this is how no item is lost to a cancelled waiter.
+  already woken, failed or cancelled, or its fiber is being cancelled: the caller still owns the
+  value (hand it to another waiter or keep it) -- this is how no item is lost to a cancelled
+  waiter.
 * If ``wait()`` raises ``CancelledError`` although a value had already been accepted (the
   cancellation arrived between the wake-up and the fiber running), ``take_back()`` returns
   ``(True, value)`` and the caller must put the value back where it came from.
@@ -22,56 +26,125 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._core import await_from_green
+from greenlet import getcurrent
+
+from ._core import _Fiber, _no_green_message, _park, _resume, await_from_green, in_green
+from ._errors import NoGreenContext
 
 __all__ = ("Waiter",)
+
+_PENDING = 0  # nobody woke it yet
+_WOKEN = 1  # _value is the value
+_FAILED = 2  # _value is the exception
+_CANCELLED = 3  # cancel() was called, or the waiting fiber was cancelled before any wake
+_TAKEN_BACK = 4  # woken, but the fiber was cancelled before it could return the value
 
 
 class Waiter:
     """A one-shot wake-up for the green fiber that calls ``wait()``. See the module docstring."""
 
-    __slots__ = ("_future",)
+    __slots__ = ("_fiber", "_state", "_value", "_future")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        # Invariant: the future is pending until woken, failed or cancelled (fiber cancelled).
-        self._future: asyncio.Future[Any] = (loop or asyncio.get_running_loop()).create_future()
+    def __init__(self) -> None:
+        # Invariants: _fiber is the fiber parked in wait() (None before and after); _value is
+        # meaningful in the _WOKEN, _FAILED and _TAKEN_BACK states only. _future is used instead
+        # of parking when wait() runs in another library's green context (the greenlet
+        # convention), where greenbridge cannot park the greenlet itself.
+        self._fiber: _Fiber | None = None
+        self._state = _PENDING
+        self._value: Any = None
+        self._future: Any = None
 
     def wait(self) -> Any:
         """Suspend the calling fiber until ``wake``/``fail``; return the value or raise the error.
 
-        A suspension point: cancelling the fiber raises ``CancelledError`` here (then see
-        ``take_back``). Raises ``NoGreenContext`` outside green code.
+        Returns at once when already woken. A suspension point: cancelling the fiber raises
+        ``CancelledError`` here (then see ``take_back``); after ``cancel()`` it raises
+        ``CancelledError`` too. Raises ``NoGreenContext`` outside green code and ``RuntimeError``
+        when called a second time.
         """
-        return await_from_green(self._future)
+        if self._state == _PENDING:
+            fiber = getcurrent()
+            if self._fiber is not None or self._future is not None:
+                raise RuntimeError("Waiter.wait() was called twice")
+            if type(fiber) is not _Fiber:
+                return self._wait_foreign()
+            self._fiber = fiber
+            try:
+                while self._state == _PENDING:
+                    _park(fiber)
+            except BaseException:
+                self._state = _TAKEN_BACK if self._state == _WOKEN else _CANCELLED
+                raise
+            finally:
+                self._fiber = None
+        return self._outcome()
+
+    def _outcome(self) -> Any:
+        state = self._state
+        if state == _WOKEN:
+            return self._value
+        if state == _FAILED:
+            raise self._value
+        if state == _CANCELLED:
+            raise asyncio.CancelledError("the wait was cancelled")
+        raise RuntimeError("Waiter.wait() was called again after it was interrupted")
+
+    def _wait_foreign(self) -> Any:
+        if not in_green():
+            raise NoGreenContext(_no_green_message("a greenbridge wait"))
+        self._future = future = asyncio.get_running_loop().create_future()
+        try:
+            await_from_green(future)
+        except BaseException:
+            self._state = _TAKEN_BACK if self._state == _WOKEN else _CANCELLED
+            raise
+        return self._outcome()
+
+    def _settle(self, state: int, value: Any) -> bool:
+        if self._state != _PENDING:
+            return False
+        fiber = self._fiber
+        if fiber is not None:
+            self._state, self._value = state, value
+            if not _resume(fiber):  # its Task is being cancelled: refuse the value
+                self._state, self._value = _PENDING, None
+                return False
+            return True
+        future = self._future
+        if future is not None:
+            if future.done():
+                return False
+            future.set_result(None)
+        self._state, self._value = state, value
+        return True
 
     def wake(self, value: Any = None) -> bool:
-        """Resume the waiting fiber with ``value``; False if it was already woken or cancelled."""
-        future = self._future
-        if future.done():
-            return False
-        future.set_result(value)
-        return True
+        """Resume the waiting fiber with ``value`` -- possibly running it before returning.
+
+        False when already woken, failed or cancelled, or when the fiber is being cancelled: the
+        caller keeps ``value``. Never suspends.
+        """
+        return self._settle(_WOKEN, value)
 
     def fail(self, exc: BaseException) -> bool:
         """Resume the waiting fiber by raising ``exc`` in it; False as for ``wake``."""
-        future = self._future
-        if future.done():
-            return False
-        future.set_exception(exc)
-        return True
+        return self._settle(_FAILED, exc)
 
     def done(self) -> bool:
         """True once woken, failed or cancelled."""
-        return self._future.done()
+        return self._state != _PENDING
 
     def cancel(self) -> bool:
-        """Cancel the wait from outside: ``wait()`` raises ``CancelledError``."""
-        return self._future.cancel()
+        """Cancel the wait from outside: ``wait()`` raises ``CancelledError``. False when the
+        waiter was already woken, failed or cancelled."""
+        return self._settle(_CANCELLED, None)
 
     def take_back(self) -> tuple[bool, Any]:
         """After ``wait()`` raised ``CancelledError``: ``(True, value)`` when a value had been
         accepted by ``wake`` anyway (put it back), else ``(False, None)``."""
-        future = self._future
-        if future.done() and not future.cancelled() and future.exception() is None:
-            return True, future.result()
+        if self._state == _TAKEN_BACK:
+            value, self._value = self._value, None
+            self._state = _CANCELLED
+            return True, value
         return False, None

@@ -443,7 +443,7 @@ def test_sqlalchemy_await_works_inside_a_greenbridge_fiber(run_green: Run) -> No
     def green() -> list[Any]:
         results = [await_(double(4)), await_(ready("ready"))]
         try:
-            await_(asyncio.sleep(0, Boom("x")) if False else _raise_later())
+            await_(_raise_later())
         except Boom as exc:
             results.append(str(exc))
         results.append(gb.await_from_green(double(1)))
