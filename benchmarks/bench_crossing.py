@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import greenbridge as gb
@@ -203,7 +203,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--n", type=int, default=20000)

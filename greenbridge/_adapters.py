@@ -7,10 +7,10 @@ import contextvars
 import functools
 import types
 from collections.abc import AsyncIterable, Callable, Iterator
-from contextlib import AbstractContextManager
-from typing import Any, AsyncContextManager, TypeVar, TypeVarTuple, Unpack
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, TypeVar, TypeVarTuple
 
-from ._core import await_from_green, in_green, _no_green_message
+from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 
 __all__ = ("enter", "iterate", "run_in_thread")
@@ -24,7 +24,7 @@ class _EnteredAsync(AbstractContextManager[T]):
 
     __slots__ = ("_acm",)
 
-    def __init__(self, acm: AsyncContextManager[T]) -> None:
+    def __init__(self, acm: AbstractAsyncContextManager[T]) -> None:
         self._acm = acm
 
     def __enter__(self) -> T:
@@ -39,7 +39,7 @@ class _EnteredAsync(AbstractContextManager[T]):
         return await_from_green(self._acm.__aexit__(exc_type, exc, tb))
 
 
-def enter(acm: AsyncContextManager[T]) -> AbstractContextManager[T]:
+def enter(acm: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]:
     """Use an async context manager from green code: ``with gb.enter(acm) as value: ...``.
 
     ``__aenter__`` and ``__aexit__`` are awaited with ``await_from_green``, so both are suspension
@@ -86,7 +86,7 @@ def _iterate(it: Any) -> Iterator[Any]:
             await_from_green(aclose())
 
 
-def run_in_thread(fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts]) -> T:
+def run_in_thread(fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
     """Run a truly blocking call in the loop's default executor; the fiber waits, the loop runs.
 
     The caller's contextvars are copied into the thread. A suspension point: if the fiber is

@@ -143,14 +143,14 @@ def _idle_fibers() -> list[_Fiber]:
 
 def _fiber_main(call: _GreenCall) -> Any:
     """The body of every fiber greenlet: run one call, report, wait in the pool for the next."""
-    fiber = getcurrent()
+    fiber = cast(_Fiber, getcurrent())
     idle = _idle_fibers()
     while True:
         try:
             call._result = call._fn(*call._args, **call._kwargs)  # type: ignore[misc]
         except GreenletExit:
             raise  # the greenlet is being killed (collected while suspended): let it die
-        except BaseException as exc:  # noqa: BLE001 - reported to the driver, which re-raises
+        except BaseException as exc:
             call._error = exc
         call = None  # type: ignore[assignment]  # an idle fiber must not keep its last call alive
         if fiber._direct:
@@ -159,7 +159,7 @@ def _fiber_main(call: _GreenCall) -> Any:
         if len(idle) >= _POOL_MAX:
             return _FINISHED
         idle.append(fiber)
-        call = fiber.parent.switch(_FINISHED)
+        call = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
 
 
 def _is_raw_yield(value: object) -> bool:
@@ -186,7 +186,7 @@ class _Stepper:
     awaited coroutine calling green code that awaits) takes a fresh one while the first is busy.
     """
 
-    __slots__ = ("step", "result", "error")
+    __slots__ = ("error", "result", "step")
 
     def __init__(self) -> None:
         self.result: Any = None
@@ -200,10 +200,10 @@ class _Stepper:
         while True:
             try:
                 if type(awaitable) is _CoroutineType:
-                    self.result = yield from awaitable
+                    self.result = yield from awaitable  # type: ignore[misc]
                 else:
                     self.result = yield from _await_iter(awaitable)
-            except BaseException as exc:  # noqa: BLE001 - reported to await_from_green
+            except BaseException as exc:
                 self.error = exc
             awaitable = None
             awaitable = yield _STEPPED
@@ -212,7 +212,7 @@ class _Stepper:
 class _GreenCall(collections.abc.Coroutine):  # type: ignore[type-arg]
     """The coroutine ``spawn_green`` returns; its ``send``/``throw`` drive one fiber."""
 
-    __slots__ = ("_fn", "_args", "_kwargs", "_fiber", "_foreign", "_result", "_error")
+    __slots__ = ("_args", "_error", "_fiber", "_fn", "_foreign", "_kwargs", "_result")
 
     # Invariants: _fiber is None before the first step and after the call finished (then _fn is
     # None too: "already awaited"); in between it is the fiber running this call. _foreign is the
@@ -354,7 +354,7 @@ class _GreenCall(collections.abc.Coroutine):  # type: ignore[type-arg]
             except StopIteration as stop:
                 self._foreign = None
                 out = fiber.switch(stop.value)
-            except BaseException as error:  # noqa: BLE001 - every outcome goes back to the fiber
+            except BaseException as error:
                 self._foreign = None
                 out = fiber.throw(error)
             else:
@@ -429,7 +429,7 @@ def _park(fiber: _Fiber) -> None:
             # Cancelled while we ran outside the Task: let the Task deliver it.
             fiber._direct = False
         try:
-            fiber._direct = fiber.parent.switch(_PARKED) is _WOKEN
+            fiber._direct = fiber.parent.switch(_PARKED) is _WOKEN  # type: ignore[union-attr]
         except BaseException:
             fiber._direct = False
             raise
@@ -439,7 +439,7 @@ def _park(fiber: _Fiber) -> None:
         park = fiber._park = asyncio.get_running_loop().create_future()
     park._asyncio_future_blocking = True
     try:
-        fiber._direct = fiber.parent.switch(park) is _WOKEN
+        fiber._direct = fiber.parent.switch(park) is _WOKEN  # type: ignore[union-attr]
     except BaseException:
         fiber._direct = False
         raise
@@ -452,7 +452,7 @@ def _return_to_task(fiber: _Fiber) -> None:
     assert park is not None
     if not park.done():
         park.set_result(None)
-    fiber.parent.switch(_PARKED)
+    fiber.parent.switch(_PARKED)  # type: ignore[union-attr]
 
 
 def _resume(fiber: _Fiber) -> bool:
@@ -540,11 +540,11 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     step = stepper.step
     out = step.send(awaitable)
     if out is not _STEPPED:
-        switch = current.parent.switch
+        switch = current.parent.switch  # type: ignore[union-attr]
         while True:
             try:
                 value = switch(out)
-            except BaseException as exc:  # noqa: BLE001 - thrown in by the driver: pass it down
+            except BaseException as exc:
                 out = step.throw(exc)
             else:
                 out = step.send(value)
@@ -642,7 +642,7 @@ def run(
         raise TypeError(f"gb.run() needs a callable, got {type(fn).__name__!r}")
     try:
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return runner.run(_GreenCall(fn, args, kwargs))
+            return cast(T, runner.run(_GreenCall(fn, args, kwargs)))
     finally:
         _drain_pool()
 

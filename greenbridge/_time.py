@@ -6,7 +6,7 @@ import asyncio
 import types
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TypeVar, TypeVarTuple, Unpack
+from typing import TypeVar, TypeVarTuple
 
 from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
@@ -62,7 +62,7 @@ def timeout(seconds: float | None) -> AbstractContextManager[asyncio.Timeout]:
     return _GreenTimeout(seconds)
 
 
-def with_timeout(seconds: float | None, fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts]) -> T:
+def with_timeout(seconds: float | None, fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
     """Call ``fn(*args)`` under ``gb.timeout(seconds)``; return its result or raise
     ``TimeoutError``."""
     with timeout(seconds):

@@ -43,7 +43,7 @@ _TAKEN_BACK = 4  # woken, but the fiber was cancelled before it could return the
 class Waiter:
     """A one-shot wake-up for the green fiber that calls ``wait()``. See the module docstring."""
 
-    __slots__ = ("_fiber", "_state", "_value", "_future")
+    __slots__ = ("_fiber", "_future", "_state", "_value")
 
     def __init__(self) -> None:
         # Invariants: _fiber is the fiber parked in wait() (None before and after); _value is

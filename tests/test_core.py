@@ -571,7 +571,7 @@ def test_green_function_called_after_the_loop_finished(run_green: Run) -> None:
         return await double(2)
 
     assert run_green(fetch) == 4
-    with pytest.raises(gb.NoGreenContext, match="gb.run"):
+    with pytest.raises(gb.NoGreenContext, match=r"gb\.run"):
         fetch()
     assert not gb.in_green()
 
