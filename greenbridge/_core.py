@@ -104,7 +104,7 @@ T = TypeVar("T")
 _CoroutineType = types.CoroutineType
 
 
-class _Fiber(greenlet):  # type: ignore[misc]
+class _Fiber(greenlet):
     """The greenlet that runs green functions; see the module memo for its role."""
 
     # The de-facto convention that SQLAlchemy's ``await_`` and awaitlet look for.
