@@ -1,0 +1,368 @@
+"""Network connections as flows, on asyncio transports and ``BufferedProtocol`` directly.
+
+Theory of operation
+===================
+
+A ``Connection`` (the ``TwoWay`` flow green code sees) owns one ``_ConnProtocol`` (what the
+transport calls back). They share state through the protocol object; the connection only ever
+reads it and the transport's callbacks only ever change it, except where noted.
+
+Reading. The transport writes incoming bytes straight into the protocol's receive buffer
+(``get_buffer`` / ``buffer_updated``: no intermediate ``bytes`` object per read). Bytes live in
+``_buf[_start:_end]``. ``read_into`` copies out of that region without suspending when it is not
+empty; only when it is empty does the reading fiber park on a ``Waiter`` (``_reader``), which
+``buffer_updated``, ``eof_received`` and ``connection_lost`` wake. The waiter carries no data --
+it only says "look again" -- so a reader cancelled while parked loses nothing: the bytes stay in
+the buffer for the next reader.
+
+Memory is bounded by ``RECEIVE_BUFFER_SIZE``: when the buffer is full the transport is paused
+(``pause_reading``) and resumed once a reader has taken at least half of it.
+
+Writing. ``write`` hands the bytes to ``transport.write`` (which sends at once when it can) and,
+if the transport has called ``pause_writing`` (its buffer is past the high-water mark), parks the
+fiber on a Waiter until ``resume_writing`` -- exactly StreamWriter's write-then-drain, without
+the Task wake-ups. Several fibers may wait for the drain at once.
+
+Invariants
+----------
+* ``_start <= _end <= len(_buf)``; ``_start == _end`` means nothing is buffered, and both are
+  then reset to 0 so that the next ``get_buffer`` offers the whole buffer.
+* ``_reader`` is the Waiter of the one fiber parked in ``read_into``, else None; it is cleared
+  by whoever wakes it (so a waiter is woken at most once) and by the reader when its wait ends.
+* Every state change in a callback happens *before* a waiter is woken: a Waiter may resume its
+  fiber synchronously, from inside the callback (DESIGN.md section 2).
+* ``_lost`` becomes True once, in ``connection_lost``; ``_error`` is then the exception the
+  transport reported (None for a clean close). Buffered bytes are still delivered after that,
+  the error is raised once they are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, cast
+
+from ._errors import ClosedResourceError
+from ._flow import ShutdownHow, TwoWay
+from ._waiter import Waiter
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = ("Connection",)
+
+# The receive buffer of one connection (the memory bound on unread input).
+RECEIVE_BUFFER_SIZE = 64 * 1024
+# get_buffer() compacts the buffer when less than this is free at its end.
+_MIN_FREE = 16 * 1024
+
+_SHUTDOWN_HOWS = ("send", "receive", "all")
+
+
+class _ConnProtocol(asyncio.BufferedProtocol):
+    """The transport's side of a ``Connection``; see the module memo."""
+
+    __slots__ = (
+        "_buf",
+        "_drainers",
+        "_drop_input",
+        "_end",
+        "_eof",
+        "_error",
+        "_keep_open_on_eof",
+        "_lost",
+        "_read_paused",
+        "_reader",
+        "_start",
+        "_transport",
+        "_view",
+        "_write_paused",
+    )
+
+    def __init__(self, *, keep_open_on_eof: bool = True) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray(RECEIVE_BUFFER_SIZE)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self._reader: Waiter | None = None
+        self._read_paused = False
+        self._eof = False  # the peer shut down its sending side
+        self._drop_input = False  # shutdown("receive") on our side
+        self._write_paused = False
+        self._drainers: list[Waiter] = []
+        self._lost = False
+        self._error: BaseException | None = None
+        # False for TLS: asyncio's SSL transport cannot stay half-open after the peer's EOF.
+        self._keep_open_on_eof = keep_open_on_eof
+
+    # -- transport callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        free = len(self._buf) - self._end
+        if free < _MIN_FREE:
+            self._make_room()
+        return self._view[self._end :]
+
+    def _make_room(self) -> None:
+        start, end = self._start, self._end
+        if start > 0:  # compact: move the unread bytes to the front
+            self._buf[: end - start] = self._view[start:end]
+            self._start, self._end = 0, end - start
+        if len(self._buf) - self._end == 0:
+            # Full and still asked for room: the transport did not honour pause_reading at once
+            # (some do once). Grow rather than fail; reading is paused, so this stays bounded.
+            grown = bytearray(2 * len(self._buf))
+            grown[: self._end] = self._view[: self._end]
+            self._view.release()
+            self._buf, self._view = grown, memoryview(grown)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._drop_input:
+            self._start = self._end = 0
+            return
+        self._end += nbytes
+        if self._end - self._start >= RECEIVE_BUFFER_SIZE and not self._read_paused:
+            self._read_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            reader.wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            reader.wake()
+        return self._keep_open_on_eof
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drainers, self._drainers = self._drainers, []
+        for waiter in drainers:
+            waiter.wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._error = exc
+        self._write_paused = False
+        reader, self._reader = self._reader, None
+        drainers, self._drainers = self._drainers, []
+        if reader is not None:
+            reader.wake()
+        for waiter in drainers:
+            waiter.wake()
+
+
+class Connection(TwoWay):
+    """A network connection (TCP, Unix socket, TLS) as a ``TwoWay`` flow for green code.
+
+    Made by ``net.connect``, ``net.connect_unix`` and ``Listener.accept``. One fiber may read
+    while others write. Close it (``close()`` or ``with``) when done.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: _ConnProtocol) -> None:
+        super().__init__()
+        self._transport = transport
+        self._protocol = protocol
+        self._send_closed = False
+        self._closed = False  # mirrors io's ``closed``, cheaper to test on the hot paths
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<greenbridge Connection {self.get_extra_info('peername')!r} {state}>"
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def read_into(self, buf: WriteableBuffer) -> int:
+        """Fill ``buf`` with the bytes available (at least one) and return how many; 0 at end
+        of input (the peer shut down its sending side, or we did ``shutdown("receive")``).
+
+        Returns without suspending when bytes are already buffered; otherwise suspends until
+        some arrive (a cancellation point: a cancelled read loses nothing). Raises
+        ``ClosedResourceError`` after ``close()`` (also in a fiber blocked here when another
+        closes the connection), ``ConnectionResetError`` (or another ``ConnectionError``) when
+        the connection broke, ``RuntimeError`` if another fiber is already reading.
+        """
+        if self._closed:
+            raise ClosedResourceError("read from a connection after close()")
+        p = self._protocol
+        while True:
+            start = p._start
+            available = p._end - start
+            if available:
+                out = buf if type(buf) is memoryview else memoryview(buf)
+                n = len(out)
+                if n >= available:
+                    n = available
+                    p._start = p._end = 0
+                else:
+                    p._start = start + n
+                out[:n] = p._view[start : start + n]
+                if p._read_paused and p._end - p._start <= RECEIVE_BUFFER_SIZE // 2:
+                    p._read_paused = False
+                    if not p._lost:
+                        self._transport.resume_reading()
+                return n
+            if len(buf) == 0:  # type: ignore[arg-type]
+                return 0
+            if p._drop_input or p._eof:
+                return 0
+            if p._lost:
+                if p._error is not None:
+                    raise _connection_error(p._error)
+                return 0
+            if p._reader is not None:
+                raise RuntimeError("another fiber is already reading from this connection")
+            waiter = p._reader = Waiter()
+            try:
+                waiter.wait()
+            finally:
+                if p._reader is waiter:
+                    p._reader = None
+
+    def read(self, n: int = 65536) -> bytes:
+        """Read up to ``n`` bytes (at least one): ``b""`` at end of input; ``n < 0`` reads to
+        the end of input. Suspends and raises like ``read_into``."""
+        if n < 0:
+            return self.readall()
+        p = self._protocol
+        start = p._start
+        available = p._end - start
+        if available and not p._read_paused and not self._closed:  # fast path: one copy, no scratch buffer
+            if n >= available:
+                n = available
+                p._start = p._end = 0
+            else:
+                p._start = start + n
+            return bytes(p._view[start : start + n])
+        return super().read(n)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        """Send all of ``data``; return its length.
+
+        Does not suspend while the transport keeps up; when its send buffer is past the
+        high-water mark, suspends until it drains below the low mark (a cancellation point: the
+        bytes already handed over are still sent). Raises ``ClosedResourceError`` after
+        ``close()`` or ``shutdown("send")``, ``BrokenPipeError`` / ``ConnectionResetError`` when
+        the connection is gone.
+        """
+        if self._send_closed:
+            self._check_open()
+            raise ClosedResourceError("write to a connection after shutdown('send')")
+        p = self._protocol
+        if p._lost:
+            raise _connection_error(p._error) if p._error is not None else BrokenPipeError(
+                "write to a connection the peer closed"
+            )
+        if type(data) is not bytes:
+            data = bytes(data)  # the transport may keep a reference to what it is given
+        self._transport.write(data)
+        while p._write_paused:
+            waiter = Waiter()
+            p._drainers.append(waiter)
+            try:
+                waiter.wait()
+            except BaseException:
+                if waiter in p._drainers:
+                    p._drainers.remove(waiter)
+                raise
+            if self._closed:
+                raise ClosedResourceError("the connection was closed while a write waited")
+            if p._lost and p._error is not None:
+                raise _connection_error(p._error)
+        return len(data)
+
+    def writelines(self, lines: Any, /) -> None:
+        for line in lines:
+            self.write(line)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def shutdown(self, how: ShutdownHow) -> None:
+        """Close one direction or both; see ``TwoWay.shutdown``. ``"send"`` sends end of input
+        to the peer once the bytes written so far are sent (not supported over TLS:
+        ``NotImplementedError``). Does not suspend."""
+        if how not in _SHUTDOWN_HOWS:
+            raise ValueError(f"shutdown() takes 'send', 'receive' or 'all', got {how!r}")
+        self._check_open()
+        p = self._protocol
+        if how in ("receive", "all"):
+            p._drop_input = True
+            p._start = p._end = 0
+            if p._read_paused:
+                p._read_paused = False
+                if not p._lost:
+                    self._transport.resume_reading()
+            reader, p._reader = p._reader, None
+            if reader is not None:
+                reader.wake()
+        if how in ("send", "all") and not self._send_closed:
+            self._send_closed = True
+            if not p._lost and not self._transport.is_closing():
+                if not self._transport.can_write_eof():
+                    raise NotImplementedError("shutdown('send') is not supported on this transport (TLS)")
+                self._transport.write_eof()
+
+    def close(self) -> None:
+        """Close the connection: bytes already written are still sent, then the socket is
+        closed. Idempotent; does not suspend. Fibers blocked in ``read_into`` or ``write`` on it
+        get ``ClosedResourceError``."""
+        if self._closed:
+            return
+        self._closed = True
+        super().close()
+        p = self._protocol
+        self._send_closed = True
+        if not self._transport.is_closing():
+            self._transport.close()
+        reader, p._reader = p._reader, None
+        if reader is not None:
+            reader.fail(ClosedResourceError("the connection was closed while a read waited"))
+        drainers, p._drainers = p._drainers, []
+        for waiter in drainers:
+            waiter.wake()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent bytes (a TCP reset for the peer). Does not suspend."""
+        if not self._protocol._lost:
+            self._transport.abort()
+        self.close()
+
+    # -- information ------------------------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's extra information: ``"peername"``, ``"sockname"``, ``"socket"``,
+        ``"ssl_object"``, ``"peercert"`` ... (see ``asyncio.BaseTransport.get_extra_info``)."""
+        return self._transport.get_extra_info(name, default)
+
+    @property
+    def peername(self) -> Any:
+        """The address of the other end."""
+        return self._transport.get_extra_info("peername")
+
+    @property
+    def sockname(self) -> Any:
+        """The address of this end."""
+        return self._transport.get_extra_info("sockname")
+
+
+def _connection_error(exc: BaseException) -> BaseException:
+    """The exception to raise for a transport error: ``ConnectionError`` family as is, other
+    ``OSError``s as they are, anything else wrapped in ``ConnectionError`` (cause kept)."""
+    if isinstance(exc, OSError):
+        return exc
+    error = ConnectionError(f"connection broken: {exc!r}")
+    error.__cause__ = exc
+    return error
+
