@@ -7,6 +7,8 @@ The two crossing points are ``await_from_green`` (green code waits for an asynci
 from ._adapters import enter as enter
 from ._adapters import iterate as iterate
 from ._adapters import run_in_thread as run_in_thread
+from ._bufio import BufReader as BufReader
+from ._bufio import BufWriter as BufWriter
 from ._core import as_async as as_async
 from ._core import as_green as as_green
 from ._core import await_from_green as await_from_green
@@ -25,6 +27,8 @@ from ._time import with_timeout as with_timeout
 __version__ = "0.1.0"
 
 __all__ = (
+    "BufReader",
+    "BufWriter",
     "BufferLimitExceeded",
     "ClosedResourceError",
     "GreenbridgeError",
