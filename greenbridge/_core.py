@@ -77,9 +77,9 @@ Rejected designs
 from __future__ import annotations
 
 import asyncio
-import collections.abc
 import functools
 import inspect
+import os
 import threading
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -147,7 +147,7 @@ def _fiber_main(call: _GreenCall) -> Any:
     idle = _idle_fibers()
     while True:
         try:
-            call._result = call._fn(*call._args, **call._kwargs)  # type: ignore[misc]
+            call._result = call._fn(*call._args, **call._kwargs)
         except GreenletExit:
             raise  # the greenlet is being killed (collected while suspended): let it die
         except BaseException as exc:
@@ -160,16 +160,6 @@ def _fiber_main(call: _GreenCall) -> Any:
             return _FINISHED
         idle.append(fiber)
         call = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
-
-
-def _is_raw_yield(value: object) -> bool:
-    """True when ``value`` is what an awaited iterator yields to its Task (see the memo)."""
-    if value is None:
-        return True
-    try:
-        return value._asyncio_future_blocking is True  # type: ignore[attr-defined]
-    except AttributeError:
-        return False
 
 
 # What a stepper yields when the awaitable it was given has finished; the outcome is on it.
@@ -209,96 +199,24 @@ class _Stepper:
             awaitable = yield _STEPPED
 
 
-class _GreenCall(collections.abc.Coroutine):  # type: ignore[type-arg]
-    """The coroutine ``spawn_green`` returns; its ``send``/``throw`` drive one fiber."""
+class _GreenCall:
+    """One ``spawn_green`` call: what to run, the fiber running it, and its outcome."""
 
     __slots__ = ("_args", "_error", "_fiber", "_fn", "_foreign", "_kwargs", "_result")
 
-    # Invariants: _fiber is None before the first step and after the call finished (then _fn is
-    # None too: "already awaited"); in between it is the fiber running this call. _foreign is the
-    # iterator of an awaitable handed over by the foreign convention while the driver awaits it
-    # on the fiber's behalf, else None. _result / _error hold the outcome between the fiber
-    # reporting _FINISHED and the driver returning or raising it.
+    # Invariants: _fiber is the fiber running this call from the driver's first step until the
+    # fiber reports _FINISHED, else None. _foreign is an iterator the driver must await for the
+    # fiber before resuming it, set only by _pass_to_driver while the driver is suspended.
+    # _result / _error hold the outcome between _FINISHED and the driver returning or raising it.
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
-        self._fn: Callable[..., Any] | None = fn
+        self._fn = fn
         self._args = args
         self._kwargs = kwargs
         self._fiber: _Fiber | None = None
         self._foreign: Any = None
         self._result: Any = None
         self._error: BaseException | None = None
-
-    @property
-    def __name__(self) -> str:  # shown by asyncio's Task repr
-        fn = self._fn
-        name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        return f"spawn_green({name})"
-
-    def __repr__(self) -> str:
-        return f"<{self.__name__} coroutine>"
-
-    def __await__(self) -> _GreenCall:  # type: ignore[override]
-        return self
-
-    def send(self, value: Any = None) -> Any:
-        fiber = self._fiber
-        if fiber is None:
-            if self._fn is None:
-                raise RuntimeError("cannot reuse an already awaited spawn_green() coroutine")
-            if value is not None:
-                raise TypeError("can't send non-None value to a just-started spawn_green() coroutine")
-            fiber = self._start()
-            return self._dispatch(fiber, fiber.switch(self), None, None)
-        if self._foreign is not None:
-            return self._dispatch(fiber, None, value, None)
-        out = fiber.switch(value)
-        if out is None:
-            return None
-        if out is _FINISHED:
-            raise self._outcome()
-        try:
-            if out._asyncio_future_blocking is True:
-                return out
-        except AttributeError:
-            pass
-        return self._dispatch(fiber, out, None, None)
-
-    # The Task steps us through tp_iternext when it sends None: one call, not two.
-    __next__ = send
-
-    def throw(
-        self,
-        typ: type[BaseException] | BaseException,
-        val: BaseException | object = None,
-        tb: types.TracebackType | None = None,
-    ) -> Any:
-        exc = _as_exception(typ, val, tb)
-        fiber = self._fiber
-        if fiber is None:
-            # Never started: like a coroutine thrown into before its first step, the function
-            # never runs and the exception comes straight back.
-            self._fn = None
-            raise exc
-        if self._foreign is not None:
-            return self._dispatch(fiber, None, None, exc)
-        return self._dispatch(fiber, fiber.throw(exc), None, None)
-
-    def close(self) -> None:
-        fiber = self._fiber
-        if fiber is None:
-            self._fn = None
-            return
-        foreign, self._foreign = self._foreign, None
-        if foreign is not None and hasattr(foreign, "close"):
-            foreign.close()
-        if fiber.throw(GeneratorExit) is not _FINISHED:
-            raise RuntimeError("a green fiber ignored GeneratorExit (it suspended again)")
-        outcome = self._outcome()
-        if not isinstance(outcome, (GeneratorExit, StopIteration)):
-            raise outcome
-
-    # -- internals ---------------------------------------------------------------------------
 
     def _start(self) -> _Fiber:
         driver = getcurrent()
@@ -313,69 +231,61 @@ class _GreenCall(collections.abc.Coroutine):  # type: ignore[type-arg]
         self._fiber = fiber
         return fiber
 
-    def _outcome(self) -> BaseException:
-        """The fiber reported _FINISHED: the exception to raise, StopIteration for a result."""
+    def _take_outcome(self) -> BaseException | None:
+        """After _FINISHED: release the fiber; return the exception to raise, if any (the result
+        is then in ``_result``)."""
         fiber = self._fiber
         assert fiber is not None
         fiber.gr_context = None  # an idle fiber must not keep the Task's context alive
-        self._fiber = self._fn = None
-        self._args = ()
-        self._kwargs = {}
+        self._fiber = None
         error = self._error
         if error is not None:
             self._error = None
             # Drop the _fiber_main frame: the user's frames come right after the driver's.
             tb = error.__traceback__
             return error.with_traceback(tb.tb_next if tb is not None else None)
-        result, self._result = self._result, None
-        return StopIteration(result)
+        return None
 
-    def _dispatch(self, fiber: _Fiber, out: Any, value: Any, exc: BaseException | None) -> Any:
-        """Return what to yield to the Task, given what the fiber handed back (``out``), or
-        -- when a foreign awaitable is pending -- the ``value``/``exc`` the Task resumed us with.
 
-        A loop, not recursion: foreign awaitables that complete at once may follow each other
-        any number of times before the fiber suspends for real.
-        """
-        while True:
-            it = self._foreign
-            if it is None:
-                if out is _FINISHED:
-                    raise self._outcome()
-                if _is_raw_yield(out):
-                    return out
-                try:
-                    self._foreign = _await_iter(out)
-                except TypeError as error:
-                    out = fiber.throw(error)
-                continue
+@types.coroutine
+def _drive(call: _GreenCall) -> Generator[Any, Any, Any]:
+    """The driver: a generator the hosting Task steps (through ``spawn_green``'s coroutine).
+
+    Switches into the fiber; passes on to the Task what the fiber yields (raw yields), throws
+    into the fiber what the Task throws in; awaits, itself, awaitables handed over by the
+    foreign convention; returns the function's result or raises its exception. A generator
+    rather than a hand-written coroutine object: the Task resumes it without a Python-level
+    call, and it returns its result without a StopIteration.
+    """
+    if not callable(call._fn):
+        raise TypeError(f"spawn_green() needs a callable, got {type(call._fn).__name__!r}")
+    fiber = call._start()
+    out = fiber.switch(call)
+    while True:
+        if out is None or getattr(out, "_asyncio_future_blocking", False):
             try:
-                yielded = it.send(value) if exc is None else it.throw(exc)
-            except StopIteration as stop:
-                self._foreign = None
-                out = fiber.switch(stop.value)
-            except BaseException as error:
-                self._foreign = None
-                out = fiber.throw(error)
+                value = yield out
+            except BaseException as exc:  # cancellation & co.: into the fiber
+                out = fiber.throw(exc)
             else:
-                return yielded
-            value = exc = None
-
-
-def _as_exception(
-    typ: type[BaseException] | BaseException, val: object, tb: types.TracebackType | None
-) -> BaseException:
-    if isinstance(typ, BaseException):
-        exc = typ
-    elif val is None:
-        exc = typ()
-    elif isinstance(val, BaseException):
-        exc = val
-    else:
-        exc = typ(val)
-    if tb is not None:
-        exc = exc.with_traceback(tb)
-    return exc
+                if call._foreign is None:
+                    out = fiber.switch(value)
+                else:
+                    out, call._foreign = call._foreign, None
+        elif out is _FINISHED:
+            error = call._take_outcome()
+            if error is not None:
+                raise error
+            result, call._result = call._result, None
+            return result
+        else:
+            # The foreign convention: an awaitable to await on the fiber's behalf.
+            try:
+                result = yield from _await_iter(out)
+            except BaseException as exc:  # every outcome goes back to the fiber
+                out = fiber.throw(exc)
+            else:
+                out = fiber.switch(result)
 
 
 def _await_iter(awaitable: Any) -> Any:
@@ -479,35 +389,25 @@ def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
     call = fiber._call
     assert call is not None and fiber._park is not None
     fiber._direct = False
-    try:
-        call._foreign = _await_iter(awaitable)
-    except TypeError as exc:
-        call._foreign = _raising(exc)
+    call._foreign = awaitable
     fiber._park.set_result(None)
 
 
-def _raising(exc: BaseException) -> Generator[Any, Any, Any]:
-    raise exc
-    yield  # pragma: no cover - makes this a generator
-
-
-def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+async def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` in a new green fiber; called from asyncio code.
 
-    Returns a coroutine: ``await`` it, or pass it to ``asyncio.create_task``, ``gather``,
-    ``TaskGroup.create_task``, ``wait_for``. The fiber runs inside the Task that awaits the
-    coroutine (``asyncio.current_task()`` in ``fn`` is that Task) and shares its contextvars.
-    Nothing runs until the coroutine is first stepped.
+    A coroutine function: ``await`` the coroutine, or pass it to ``asyncio.create_task``,
+    ``gather``, ``TaskGroup.create_task``, ``wait_for``. The fiber runs inside the Task that
+    awaits the coroutine (``asyncio.current_task()`` in ``fn`` is that Task) and shares its
+    contextvars. Nothing runs until the coroutine is first stepped.
 
     The result of ``fn`` is the coroutine's result; an exception ``fn`` raises (any
     ``BaseException``) propagates to the awaiter with ``fn``'s frames on its traceback.
     Cancelling the awaiting Task cancels what ``fn`` is waiting on (see ``await_from_green``).
 
-    Raises ``TypeError`` at once if ``fn`` is not callable.
+    Raises ``TypeError`` when ``fn`` is not callable (on the first step, like any coroutine).
     """
-    if not callable(fn):
-        raise TypeError(f"spawn_green() needs a callable, got {type(fn).__name__!r}")
-    return _GreenCall(fn, args, kwargs)
+    return await _drive(_GreenCall(fn, args, kwargs))  # type: ignore[no-any-return]
 
 
 def await_from_green(awaitable: Awaitable[T]) -> T:
@@ -560,6 +460,26 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     result = stepper.result
     stepper.result = None
     return cast(T, result)
+
+
+# The optional C accelerator (``_speedups.c``) takes over the common case of await_from_green
+# and calls the Python implementation above for every other one. GREENBRIDGE_NO_SPEEDUPS=1
+# keeps the pure-Python path (the test suite runs both).
+_await_from_green_py = await_from_green
+SPEEDUPS = False
+if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
+    try:
+        from . import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        await_from_green = _speedups.init(
+            _Fiber,
+            getcurrent,
+            _await_from_green_py,
+            f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
+        )
+        SPEEDUPS = True
 
 
 def _await_outside_fiber(current: greenlet, awaitable: Awaitable[T]) -> T:
@@ -642,7 +562,7 @@ def run(
         raise TypeError(f"gb.run() needs a callable, got {type(fn).__name__!r}")
     try:
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return cast(T, runner.run(_GreenCall(fn, args, kwargs)))
+            return runner.run(spawn_green(fn, *args, **kwargs))
     finally:
         _drain_pool()
 
@@ -652,11 +572,9 @@ def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
     through ``spawn_green``. Signature and metadata are kept (``functools.wraps``)."""
 
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
-        return _GreenCall(fn, args, kwargs)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await _drive(_GreenCall(fn, args, kwargs))  # type: ignore[no-any-return]
 
-    if hasattr(inspect, "markcoroutinefunction"):  # Python >= 3.12
-        inspect.markcoroutinefunction(wrapper)
     return wrapper
 
 

@@ -1,0 +1,220 @@
+/* Optional C accelerator for the hottest path of greenbridge: await_from_green in a fiber.
+ *
+ * It does exactly what the pure-Python implementation in _core.py does for the common case --
+ * the caller is a fiber running inside its Task's step, the awaitable is a coroutine or has a
+ * C-level __await__ -- and hands every other case to that implementation (``slow_path``):
+ * foreign green contexts, directly resumed fibers, generator-based coroutines, errors.
+ *
+ * Why C: stepping an awaitable from Python ends every await in a StopIteration and costs a few
+ * dozen bytecodes; PyIter_Send reports the return value without raising. Nothing else differs:
+ * the iterator is stepped in the fiber's greenlet, every yielded value goes to the fiber's parent
+ * (its driver) through greenlet's own ``switch``, and whatever the driver throws in is passed to
+ * the iterator's ``throw``, as in _core.await_from_green.
+ *
+ * The module holds no state but the objects _core gives it in init(); it never owns a fiber.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *fiber_type;   /* _core._Fiber */
+static PyObject *getcurrent;   /* greenlet.getcurrent */
+static PyObject *slow_path;    /* _core._await_from_green_py */
+static PyObject *doc_holder;   /* keeps the docstring's UTF-8 buffer alive */
+static PyObject *str_direct, *str_parent, *str_switch, *str_throw, *str_value;
+
+static PyMethodDef await_def;
+
+/* Fetch the exception being raised as one normalized object (3.11 has no GetRaisedException). */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* it.throw(exc): PYGEN_NEXT with the yielded value, PYGEN_RETURN with the return value, or
+   PYGEN_ERROR with the exception set. */
+static PySendResult
+throw_into(PyObject *it, PyObject *exc, PyObject **out)
+{
+    PyObject *throw = PyObject_GetAttr(it, str_throw);
+    if (throw == NULL) {
+        /* An iterator without throw(): the exception surfaces at the await, as in Python. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            *out = NULL;
+            return PYGEN_ERROR;
+        }
+        PyErr_Clear();
+        PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+        *out = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *res = PyObject_CallOneArg(throw, exc);
+    Py_DECREF(throw);
+    if (res != NULL) {
+        *out = res;
+        return PYGEN_NEXT;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        *out = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *stop = take_exception();
+    PyObject *value = stop ? PyObject_GetAttr(stop, str_value) : NULL;
+    Py_XDECREF(stop);
+    *out = value;
+    return value ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+static PyObject *
+await_from_green(PyObject *module, PyObject *awaitable)
+{
+    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    if (current == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(current) != fiber_type) {
+        Py_DECREF(current);
+        return PyObject_CallOneArg(slow_path, awaitable);
+    }
+    PyObject *direct = PyObject_GetAttr(current, str_direct);
+    if (direct == NULL) {
+        Py_DECREF(current);
+        return NULL;
+    }
+    Py_DECREF(direct);
+    if (direct != Py_False) {
+        Py_DECREF(current);
+        return PyObject_CallOneArg(slow_path, awaitable);
+    }
+
+    PyObject *it;
+    if (PyCoro_CheckExact(awaitable)) {
+        it = Py_NewRef(awaitable);
+    }
+    else {
+        PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
+        if (am == NULL || am->am_await == NULL) {
+            Py_DECREF(current);
+            return PyObject_CallOneArg(slow_path, awaitable);
+        }
+        it = am->am_await(awaitable);
+        if (it == NULL) {
+            Py_DECREF(current);
+            return NULL;
+        }
+        if (!PyIter_Check(it)) {
+            Py_DECREF(it);
+            Py_DECREF(current);
+            return PyObject_CallOneArg(slow_path, awaitable);  /* raises the proper TypeError */
+        }
+    }
+
+    PyObject *out = NULL;
+    PyObject *switch_ = NULL;
+    PySendResult status = PyIter_Send(it, Py_None, &out);
+    while (status == PYGEN_NEXT) {
+        if (switch_ == NULL) {
+            PyObject *parent = PyObject_GetAttr(current, str_parent);
+            if (parent == NULL) {
+                Py_DECREF(out);
+                out = NULL;
+                status = PYGEN_ERROR;
+                break;
+            }
+            switch_ = PyObject_GetAttr(parent, str_switch);
+            Py_DECREF(parent);
+            if (switch_ == NULL) {
+                Py_DECREF(out);
+                out = NULL;
+                status = PYGEN_ERROR;
+                break;
+            }
+        }
+        PyObject *sent = PyObject_CallOneArg(switch_, out);
+        Py_DECREF(out);
+        out = NULL;
+        if (sent != NULL) {
+            status = PyIter_Send(it, sent, &out);
+            Py_DECREF(sent);
+        }
+        else {
+            /* Thrown in by the driver (cancellation, a failed future): pass it down. */
+            PyObject *exc = take_exception();
+            if (exc == NULL) {
+                status = PYGEN_ERROR;
+                break;
+            }
+            status = throw_into(it, exc, &out);
+            Py_DECREF(exc);
+        }
+    }
+    Py_XDECREF(switch_);
+    Py_DECREF(it);
+    Py_DECREF(current);
+    if (status == PYGEN_RETURN) {
+        return out;
+    }
+    return NULL;
+}
+
+static PyObject *
+init(PyObject *module, PyObject *args)
+{
+    PyObject *fiber, *current, *slow, *doc;
+    if (!PyArg_ParseTuple(args, "OOOU:init", &fiber, &current, &slow, &doc)) {
+        return NULL;
+    }
+    Py_XSETREF(fiber_type, Py_NewRef(fiber));
+    Py_XSETREF(getcurrent, Py_NewRef(current));
+    Py_XSETREF(slow_path, Py_NewRef(slow));
+    Py_XSETREF(doc_holder, Py_NewRef(doc));
+    const char *utf8 = PyUnicode_AsUTF8(doc_holder);
+    if (utf8 == NULL) {
+        return NULL;
+    }
+    await_def.ml_name = "await_from_green";
+    await_def.ml_meth = (PyCFunction)await_from_green;
+    await_def.ml_flags = METH_O;
+    await_def.ml_doc = utf8;
+    PyObject *name = PyModule_GetNameObject(module);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *func = PyCFunction_NewEx(&await_def, NULL, name);
+    Py_DECREF(name);
+    return func;
+}
+
+static PyMethodDef methods[] = {
+    {"init", init, METH_VARARGS,
+     "init(fiber_type, getcurrent, slow_path, doc) -> the C await_from_green"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "greenbridge._speedups",
+    "Optional C accelerator for await_from_green (see the comment at the top of the source).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    str_direct = PyUnicode_InternFromString("_direct");
+    str_parent = PyUnicode_InternFromString("parent");
+    str_switch = PyUnicode_InternFromString("switch");
+    str_throw = PyUnicode_InternFromString("throw");
+    str_value = PyUnicode_InternFromString("value");
+    if (!str_direct || !str_parent || !str_switch || !str_throw || !str_value) {
+        return NULL;
+    }
+    return PyModule_Create(&module_def);
+}
