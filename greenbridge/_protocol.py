@@ -39,6 +39,8 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import ClosedResourceError
@@ -312,7 +314,12 @@ class Connection(TwoWay):
             if not p._lost and not self._transport.is_closing():
                 if not self._transport.can_write_eof():
                     raise NotImplementedError("shutdown('send') is not supported on this transport (TLS)")
-                self._transport.write_eof()
+                try:
+                    self._transport.write_eof()
+                except ConnectionError:
+                    raise
+                except OSError as exc:  # ENOTCONN: the peer reset the connection meanwhile
+                    raise ConnectionResetError(exc.errno, exc.strerror) from exc
 
     def close(self) -> None:
         """Close the connection: bytes already written are still sent, then the socket is
@@ -334,8 +341,13 @@ class Connection(TwoWay):
             waiter.wake()
 
     def abort(self) -> None:
-        """Close at once, dropping unsent bytes (a TCP reset for the peer). Does not suspend."""
-        if not self._protocol._lost:
+        """Close at once, dropping unsent bytes; over TCP the peer sees a reset
+        (``ConnectionResetError``). Idempotent; does not suspend."""
+        if not self._protocol._lost and not self._closed:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                # Linger on, timeout 0: close() sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._transport.abort()
         self.close()
 
