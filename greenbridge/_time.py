@@ -1,4 +1,4 @@
-"""Time for green code: sleep, timeout blocks and timed calls."""
+"""Time for green code: sleep, timeout blocks and timed calls, all on the loop's clock."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TypeVar, TypeVarTuple
 
 from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
+from ._waiter import Waiter
 
 __all__ = ("sleep", "timeout", "with_timeout")
 
@@ -20,9 +21,23 @@ Ts = TypeVarTuple("Ts")
 def sleep(seconds: float) -> None:
     """Suspend the calling fiber for ``seconds``; 0 (or less) just lets other work run first.
 
-    A suspension point, hence a cancellation point. Raises ``NoGreenContext`` outside green code.
+    Timed by the loop's clock (``loop.time()``), so a virtual clock (``greenbridge.testing``)
+    makes it instant. A suspension point, hence a cancellation point. Raises
+    ``NoGreenContext`` outside green code.
     """
-    await_from_green(asyncio.sleep(seconds))
+    if seconds <= 0:
+        await_from_green(asyncio.sleep(0))
+        return
+    if not in_green():
+        raise NoGreenContext(_no_green_message("gb.sleep()"))
+    # A Waiter woken by a timer callback: the loop switches straight into the fiber, without the
+    # coroutine, Future and Task wake-up that asyncio.sleep would cost.
+    waiter = Waiter()
+    timer = asyncio.get_running_loop().call_later(seconds, waiter.wake)
+    try:
+        waiter.wait()
+    finally:
+        timer.cancel()
 
 
 class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):

@@ -1,0 +1,80 @@
+"""Diagnostics: what every green fiber is doing, with the frames asyncio's task dumps miss."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import traceback
+import types
+from typing import TextIO
+
+from greenlet import getcurrent, greenlet
+
+from ._core import _GreenCall, _green_frames, _live_fibers
+from ._switch import _fiber_switch, _open_switches
+
+__all__ = ("dump_fibers",)
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
+    """The Task hosting each top-level fiber (a Task whose coroutine is a spawn_green call)."""
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop
+        return {}
+    hosts: dict[greenlet, asyncio.Task[object]] = {}
+    for task in tasks:
+        coro = task.get_coro()
+        if type(coro) is _GreenCall and coro._fiber is not None:
+            hosts[coro._fiber] = task
+    return hosts
+
+
+def _user_frames(fiber: greenlet) -> list[types.FrameType]:
+    """The fiber's frames, outermost first, without greenbridge's own (bridge, waits, switch)."""
+    if fiber is getcurrent():
+        frames: list[types.FrameType] = []
+        frame: types.FrameType | None = sys._getframe(2)  # skip _user_frames and dump_fibers
+        while frame is not None:
+            frames.append(frame)
+            frame = frame.f_back
+    else:
+        frames = list(_green_frames(fiber))
+    frames.reverse()
+    return [f for f in frames if not f.f_code.co_filename.startswith(_PACKAGE_DIR)]
+
+
+def dump_fibers(file: TextIO | None = None) -> None:
+    """Print every live green fiber of this thread to ``file`` (default ``sys.stderr``): the Task
+    hosting it, the switch it was forked on, the switches whose body it runs, and its green
+    stack, outermost frame first (greenbridge's own frames left out).
+
+    Useful from a debugger, a signal handler or a test that hangs. Never suspends; callable from
+    anywhere on the loop's thread, green or not.
+    """
+    out = sys.stderr if file is None else file
+    fibers = _live_fibers()
+    hosts = _host_tasks()
+    hosted: dict[greenlet, list[str]] = {}
+    for switch, host in list(_open_switches.items()):
+        hosted.setdefault(host, []).append(repr(switch))
+    current = getcurrent()
+    print(f"{len(fibers)} live green fiber(s)", file=out)
+    for number, fiber in enumerate(fibers, 1):
+        task = hosts.get(fiber)
+        state = "running" if fiber is current else "suspended"
+        name = task.get_name() if task is not None else "(nested in another fiber's await)"
+        print(f"fiber {number}: {name}, {state}", file=out)
+        switch = _fiber_switch.get(fiber)
+        if switch is not None:
+            print(f"  forked on {switch!r}", file=out)
+        for description in hosted.get(fiber, ()):
+            print(f"  runs the body of {description}", file=out)
+        frames = _user_frames(fiber)
+        summary = traceback.StackSummary.extract((f, f.f_lineno) for f in frames)
+        for line in summary.format():
+            out.write("  " + line.replace("\n", "\n  ").rstrip(" "))
+    out.flush()

@@ -1,0 +1,416 @@
+"""Switches: Eio's structured concurrency for green code.
+
+Theory of operation
+===================
+A ``Switch`` is entered by a fiber, the *host*; the ``with`` block is its *body*. Each fiber
+forked on the switch is an asyncio Task running ``spawn_green(Switch._run_child, ...)``; the
+switch records it as a ``_Child``. ``__exit__`` waits until no child is left, runs the release
+hooks, then raises what failed.
+
+Rules (each one is a test):
+
+1. The block returns only when every fiber forked on the switch has finished.
+2. A failure -- an exception out of the body or out of a non-promise fiber, or ``sw.fail(exc)``
+   -- fails the switch: every fiber on it is cancelled, and so is the body (its host Task is
+   cancelled while the body runs). The block then raises the failure itself when there is one,
+   a ``BaseExceptionGroup`` (an ``ExceptionGroup`` for ``Exception`` s) when there are several.
+   A fiber ending in ``CancelledError`` is not a failure, and cancellation never hides one.
+3. Daemon fibers are cancelled once the body and every non-daemon fiber have finished.
+4. Release hooks run last-in first-out, after every fiber ended, each under ``protect``.
+5. A switch whose host Task is cancelled from asyncio cancels all its fibers, waits for them,
+   and raises ``CancelledError`` (unless a fiber failed for real: then that failure).
+6. A finished switch refuses new work with ``SwitchFinishedError``.
+
+Scheduling order of ``fork``
+----------------------------
+``fork`` creates the fiber's Task at once and returns; the fiber starts the next time the
+forking fiber suspends, after whatever was already ready to run, and fibers forked in a row start
+in the order they were forked (asyncio's ready queue is FIFO, on asyncio and on uvloop alike).
+A fiber then runs until its own next suspension point. Runs are therefore deterministic.
+
+Cancellation bookkeeping
+------------------------
+The switch cancels its body by ``host.cancel()`` only while the body runs, at most once, and
+undoes that with ``host.uncancel()`` on exit; it compares ``host.cancelling()`` with the value
+it had on entry to tell its own cancellation from one that came from asyncio. So a switch works
+inside a fiber that earlier swallowed a ``CancelledError`` (which leaves the count raised), and
+asyncio scopes around a switch (``asyncio.timeout``, ``TaskGroup``) see the count they expect.
+
+Rejected designs
+----------------
+* Running the first fiber of ``fork`` eagerly (Eio's order): it needs a Task step that is not
+  the Task's own, which asyncio cannot give; a custom eager task factory would make the order
+  depend on the loop's configuration.
+* Done-callbacks on each child Task for the bookkeeping: one more loop callback per fiber and a
+  bookkeeping step a loop iteration late; the child's own ``finally`` does it in the same step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar, TypeVarTuple, Unpack
+
+from greenlet import GreenletExit, getcurrent, greenlet
+
+from ._cancel import _cancel_pending, _fiber_task, protect, yield_
+from ._core import spawn_green
+from ._errors import SwitchFinishedError
+from ._sync import Promise
+from ._waiter import Waiter
+
+__all__ = ("Switch",)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+_NEW, _OPEN, _EXITING, _RELEASING, _FINISHED = range(5)
+_STATE_NAMES = ("new", "open", "exiting", "releasing", "finished")
+
+# Diagnostics (``gb.dump_fibers``): the switch each forked fiber runs on, keyed by the fiber's
+# greenlet while its function runs; and the host greenlet of every open switch.
+_fiber_switch: dict[greenlet, Switch] = {}
+_open_switches: dict[Switch, greenlet] = {}
+
+
+class _Child:
+    """One fiber forked on a switch."""
+
+    __slots__ = ("cancel_requested", "daemon", "on_value", "promise", "started", "task")
+
+    # Invariants: started is False until the fiber's function is about to run; a child is
+    # cancelled through its Task only once started (before that, cancel_requested makes it
+    # cancel itself on start, so that its function runs and sees the cancellation at its first
+    # suspension point, as Eio does, and the switch's bookkeeping in _run_child always runs).
+
+    def __init__(
+        self,
+        daemon: bool,
+        promise: Promise[Any] | None,
+        on_value: Callable[[_Child, Any], None] | None,
+    ) -> None:
+        self.daemon = daemon
+        self.promise = promise
+        self.on_value = on_value
+        self.started = False
+        self.cancel_requested = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Switch:
+    """A scope that owns fibers: ``with gb.Switch() as sw: sw.fork(fn, *args)``.
+
+    See the module memo for the rules and the scheduling order. The ``with`` statement is a
+    suspension point on exit (it waits for the fibers) and may raise the fibers' failures,
+    ``CancelledError``, or ``NoGreenContext`` on entry outside green code.
+    """
+
+    __slots__ = (
+        "_base_cancelling",
+        "_children",
+        "_errors",
+        "_exit_waiter",
+        "_failing",
+        "_host",
+        "_host_cancelled",
+        "_loop",
+        "_non_daemons",
+        "_releases",
+        "_state",
+    )
+
+    def __init__(self) -> None:
+        self._state = _NEW
+        self._host: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Invariant: _children holds every forked fiber whose _run_child has not finished;
+        # _non_daemons counts the non-daemon ones among them.
+        self._children: set[_Child] = set()
+        self._non_daemons = 0
+        # Failures in the order they happened; _failing once any happened (or the host was
+        # cancelled from outside): from then on every child is cancelled.
+        self._errors: list[BaseException] = []
+        self._failing = False
+        # True once this switch called host.cancel() (at most once, while the body runs).
+        self._host_cancelled = False
+        self._base_cancelling = 0
+        self._releases: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        # The waiter __exit__ parks on until the last child finishes.
+        self._exit_waiter: Waiter | None = None
+
+    @staticmethod
+    def run(fn: Callable[[Switch], T]) -> T:
+        """Run ``fn(sw)`` with a new switch ``sw``, exactly as ``with Switch() as sw: fn(sw)``,
+        and return its result."""
+        with Switch() as sw:
+            result = fn(sw)
+        return result
+
+    def __repr__(self) -> str:
+        return (
+            f"<Switch {_STATE_NAMES[self._state]}, {len(self._children)} fiber(s)"
+            f"{', failing' if self._failing else ''} at {id(self):#x}>"
+        )
+
+    # -- forking -----------------------------------------------------------------------------
+
+    def fork(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
+        """Run ``fn(*args)`` in a new fiber on this switch (see the scheduling order above).
+
+        Its exception fails the switch. Never suspends. Forking on a failing switch creates a
+        fiber that is cancelled at its first suspension point. Raises ``SwitchFinishedError``
+        once the switch's body and fibers have finished, ``RuntimeError`` before it is entered.
+        """
+        self._fork(fn, args, False, None, None)
+
+    def fork_daemon(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
+        """Like ``fork``, but the fiber is cancelled once the body and every non-daemon fiber
+        have finished (a background service for the others). Its cancellation is not a
+        failure; another exception is. Never suspends."""
+        self._fork(fn, args, True, None, None)
+
+    def fork_promise(self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> Promise[T]:
+        """Like ``fork``, but ``fn``'s result or exception settles the returned promise instead
+        of failing the switch (a cancelled fiber rejects it with ``CancelledError``). Never
+        suspends."""
+        promise: Promise[T] = Promise()
+        self._fork(fn, args, False, promise, None)
+        return promise
+
+    def _fork(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        daemon: bool,
+        promise: Promise[Any] | None,
+        on_value: Callable[[_Child, Any], None] | None,
+    ) -> _Child:
+        state = self._state
+        if state != _OPEN and state != _EXITING:
+            self._refuse("fork a fiber on")
+        child = _Child(daemon, promise, on_value)
+        assert self._loop is not None
+        child.task = self._loop.create_task(spawn_green(self._run_child, child, fn, args))
+        self._children.add(child)
+        if not daemon:
+            self._non_daemons += 1
+        if self._failing:
+            child.cancel_requested = True
+        return child
+
+    def _run_child(self, child: _Child, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """The body of every forked fiber: run ``fn``, report its outcome, do the bookkeeping."""
+        me = getcurrent()
+        _fiber_switch[me] = self
+        child.started = True
+        try:
+            if child.cancel_requested:
+                assert child.task is not None
+                child.task.cancel()  # delivered at fn's first suspension point
+            value = fn(*args)
+        except asyncio.CancelledError as exc:
+            # A cancelled fiber is not a failure of the switch (as in a TaskGroup).
+            if child.promise is not None:
+                child.promise.reject(exc)
+        except GreenletExit:
+            raise  # the fiber's greenlet is being collected: nothing to report to
+        except BaseException as exc:
+            if child.promise is not None:
+                child.promise.reject(exc)
+            else:
+                self._record_failure(exc)
+        else:
+            if child.promise is not None:
+                child.promise.resolve(value)
+            elif child.on_value is not None:
+                child.on_value(child, value)
+        finally:
+            del _fiber_switch[me]
+            self._child_finished(child)
+
+    def _child_finished(self, child: _Child) -> None:
+        self._children.discard(child)
+        if not child.daemon:
+            self._non_daemons -= 1
+        if self._state == _EXITING:
+            if not self._children:
+                waiter = self._exit_waiter
+                if waiter is not None:
+                    waiter.wake()
+            elif self._non_daemons == 0:
+                self._cancel_daemons()
+
+    # -- failing and cancelling ------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the switch with ``exc``: record it, cancel every fiber and the body. The block
+        raises it on exit (with any other failure). Never suspends; a body calling it is
+        cancelled at its next suspension point (``fiber.check()`` delivers it at once).
+        Raises ``SwitchFinishedError`` on a finished switch."""
+        if self._state not in (_OPEN, _EXITING):
+            self._refuse("fail")
+        self._record_failure(exc)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        """Cancel every fiber and, while it runs, the body."""
+        self._failing = True
+        self._cancel_children(None)
+        if self._state == _OPEN and not self._host_cancelled:
+            self._host_cancelled = True
+            assert self._host is not None
+            self._host.cancel()
+
+    def _cancel_children(self, spare: _Child | None) -> None:
+        for child in list(self._children):
+            if child is not spare:
+                self._cancel_child(child)
+
+    def _cancel_daemons(self) -> None:
+        for child in list(self._children):
+            if child.daemon:
+                self._cancel_child(child)
+
+    @staticmethod
+    def _cancel_child(child: _Child) -> None:
+        if child.cancel_requested:
+            return
+        child.cancel_requested = True
+        if child.started:
+            assert child.task is not None
+            child.task.cancel()
+
+    # -- release hooks ---------------------------------------------------------------------------
+
+    def on_release(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
+        """Call ``fn(*args)`` when the switch finishes: after every fiber ended, last registered
+        first, shielded from cancellation (``protect``). Its exception fails the switch.
+
+        Never suspends. On a switch that has already released, ``fn`` is run at once (so the
+        resource is not leaked) and ``SwitchFinishedError`` is raised.
+        """
+        if self._state == _FINISHED:
+            try:
+                protect(fn, *args)
+            finally:
+                self._refuse("register a release hook on")
+        if self._state == _NEW:
+            self._refuse("register a release hook on")
+        self._releases.append((fn, args))
+
+    def _refuse(self, what: str) -> None:
+        if self._state == _NEW:
+            raise RuntimeError(f"cannot {what} a Switch before entering it: use 'with gb.Switch() as sw:'")
+        raise SwitchFinishedError(
+            f"cannot {what} {self!r}: its block has exited and its fibers have finished; fork on "
+            f"a switch that is still open (an enclosing one, or a new 'with gb.Switch()')"
+        )
+
+    # -- the block -------------------------------------------------------------------------------
+
+    def __enter__(self) -> Switch:
+        """Open the switch in the calling fiber. Never suspends (except once right after a direct
+        resumption). Raises ``NoGreenContext`` outside green code, ``RuntimeError`` when the
+        switch was entered before."""
+        if self._state != _NEW:
+            raise RuntimeError(f"{self!r} was already entered; a Switch is used once")
+        host = _fiber_task("gb.Switch()")
+        self._host = host
+        self._loop = host.get_loop()
+        self._base_cancelling = host.cancelling()
+        self._state = _OPEN
+        _open_switches[self] = getcurrent()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool:
+        host = self._host
+        assert host is not None
+        self._state = _EXITING
+        try:
+            if exc is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    self._failing = True  # ours or asyncio's: either way the fibers must stop
+                    self._cancel_children(None)
+                else:
+                    self._record_failure(exc)
+            self._wait_for_children()
+            self._state = _RELEASING
+            self._run_releases()
+            if self._host_cancelled and _cancel_pending(host):
+                # Our own host.cancel() (from fail() in the body) was never delivered: take it
+                # now, so that no stray cancellation outlives the switch.
+                try:
+                    yield_()
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            self._state = _FINISHED
+            del _open_switches[self]
+        ours = 1 if self._host_cancelled else 0
+        cancelled_from_outside = host.cancelling() - ours > self._base_cancelling
+        if self._host_cancelled:
+            host.uncancel()
+        errors = self._errors
+        if errors:
+            if len(errors) == 1:
+                error = errors[0]
+                if error is exc:
+                    return False  # the body's own exception: let 'with' re-raise it as it is
+                _raise_keeping_context(error)
+            raise BaseExceptionGroup("several fibers failed on a gb.Switch", errors)
+        if cancelled_from_outside:
+            if isinstance(exc, asyncio.CancelledError):
+                return False
+            raise asyncio.CancelledError()
+        # Any CancelledError left was ours (the switch cancelled its body): swallow it.
+        return isinstance(exc, asyncio.CancelledError)
+
+    def _wait_for_children(self) -> None:
+        """Park the host until the last child has finished; cancellations from asyncio cancel
+        the children (again) and the wait goes on."""
+        while self._children:
+            if self._non_daemons == 0:
+                self._cancel_daemons()
+            self._exit_waiter = waiter = Waiter()
+            try:
+                waiter.wait()
+            except asyncio.CancelledError:
+                self._failing = True
+                self._cancel_children(None)
+                # A child whose Task asyncio cancelled before its first step (a loop shutting
+                # down) never ran _run_child: it will not report.
+                for child in [c for c in self._children if not c.started and c.task.done()]:  # type: ignore[union-attr]
+                    self._children.discard(child)
+                    self._non_daemons -= not child.daemon
+            finally:
+                self._exit_waiter = None
+
+    def _run_releases(self) -> None:
+        releases = self._releases
+        while releases:
+            fn, args = releases.pop()
+            try:
+                protect(fn, *args)
+            except asyncio.CancelledError:
+                pass  # held back by protect: counted in host.cancelling(), raised on exit
+            except BaseException as exc:
+                self._errors.append(exc)
+
+
+def _raise_keeping_context(error: BaseException) -> None:
+    """Raise a fiber's exception from ``__exit__`` without chaining it to the exception the
+    body ended with (a ``CancelledError`` the switch itself caused)."""
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
