@@ -62,7 +62,8 @@ class BufReader(Source):
     def _fill(self) -> bool:
         """Read more input into the buffer; False at end of input.
 
-        Raises ``BufferLimitExceeded`` when the buffer already holds ``max_size`` bytes.
+        Raises ``BufferLimitExceeded`` when the buffer already holds ``max_size`` bytes and the
+        input goes on (the one byte read to find out is dropped with the failed request).
         """
         if self._eof:
             return False
@@ -72,6 +73,10 @@ class BufReader(Source):
             self._pos = 0
         room = self._max_size - len(self._buf)
         if room <= 0:
+            # Full: input that ends right here still fits. Probe with a single byte.
+            if not self._src.read(1):
+                self._eof = True
+                return False
             raise BufferLimitExceeded(
                 f"more than max_size={self._max_size} bytes would have to be buffered; "
                 f"raise BufReader(max_size=...) if the input is trusted"

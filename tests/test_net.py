@@ -616,9 +616,7 @@ def test_run_server_cancelled_cancels_handlers() -> None:
 
 
 def test_accept_fork_with_a_switch() -> None:
-    Switch = getattr(gb, "Switch", None)
-    if Switch is None:
-        pytest.skip("gb.Switch is not available yet")
+    Switch = pytest.importorskip("greenbridge._switch").Switch
     with net.listen(HOST, 0) as listener:
         with Switch() as sw:
             sw.fork(lambda: net.accept_fork(sw, listener, echo))
