@@ -7,29 +7,37 @@ import os
 import sys
 import traceback
 import types
-from typing import TextIO
+from typing import Any, TextIO
 
 from greenlet import getcurrent, greenlet
 
-from ._core import _GreenCall, _green_frames, _live_fibers
+from ._core import _drive, _green_frames, _live_fibers
 from ._switch import _fiber_switch, _open_switches
 
 __all__ = ("dump_fibers",)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DRIVER_CODE = _drive.__code__
 
 
 def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
-    """The Task hosting each top-level fiber (a Task whose coroutine is a spawn_green call)."""
+    """The Task hosting each fiber that a Task's own await chain drives (found by following the
+    chain down to the fiber's driver); fibers nested inside another fiber's await are not."""
     try:
         tasks = asyncio.all_tasks()
     except RuntimeError:  # no running loop
         return {}
     hosts: dict[greenlet, asyncio.Task[object]] = {}
     for task in tasks:
-        coro = task.get_coro()
-        if type(coro) is _GreenCall and coro._fiber is not None:
-            hosts[coro._fiber] = task
+        awaiting: Any = task.get_coro()
+        while awaiting is not None:
+            frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+            if frame is not None and frame.f_code is _DRIVER_CODE:
+                fiber = frame.f_locals.get("fiber")
+                if fiber is not None:
+                    hosts[fiber] = task
+                break
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
     return hosts
 
 
@@ -68,9 +76,9 @@ def dump_fibers(file: TextIO | None = None) -> None:
         state = "running" if fiber is current else "suspended"
         name = task.get_name() if task is not None else "(nested in another fiber's await)"
         print(f"fiber {number}: {name}, {state}", file=out)
-        switch = _fiber_switch.get(fiber)
-        if switch is not None:
-            print(f"  forked on {switch!r}", file=out)
+        forked_on = _fiber_switch.get(fiber)
+        if forked_on is not None:
+            print(f"  forked on {forked_on!r}", file=out)
         for description in hosted.get(fiber, ()):
             print(f"  runs the body of {description}", file=out)
         frames = _user_frames(fiber)

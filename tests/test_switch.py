@@ -1,0 +1,506 @@
+"""gb.Switch: Eio's rules for structured concurrency, one test each, on the selected backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import greenbridge as gb
+from greenbridge import fiber
+
+Run = Callable[..., Any]
+
+
+class Boom(Exception):
+    pass
+
+
+def forever() -> None:
+    fiber.await_cancel()
+
+
+def raise_boom(message: str = "boom") -> None:
+    raise Boom(message)
+
+
+# -- the block waits for every fiber ----------------------------------------------------------------
+
+
+def test_block_returns_only_when_every_fiber_has_finished(run_green: Run) -> None:
+    record: list[str] = []
+
+    def worker(name: str, ticks: int) -> None:
+        for _ in range(ticks):
+            fiber.yield_()
+        record.append(f"{name} done")
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.fork(worker, "slow", 3)
+            sw.fork(worker, "fast", 1)
+            record.append("body done")
+        record.append("block exited")
+
+    run_green(main)
+    assert record == ["body done", "fast done", "slow done", "block exited"]
+
+
+def test_fork_order_is_deterministic(run_green: Run) -> None:
+    """Forked fibers start in fork order, when the forking fiber next suspends."""
+
+    def main() -> list[str]:
+        record: list[str] = []
+
+        def child(name: str) -> None:
+            record.append(f"{name} starts")
+            fiber.yield_()
+            record.append(f"{name} resumes")
+
+        with gb.Switch() as sw:
+            sw.fork(child, "a")
+            sw.fork(child, "b")
+            record.append("forked a and b")
+            fiber.yield_()
+            record.append("body resumes")
+            sw.fork(child, "c")
+        return record
+
+    expected = [
+        "forked a and b",
+        "a starts",
+        "b starts",
+        "body resumes",
+        "a resumes",
+        "b resumes",
+        "c starts",
+        "c resumes",
+    ]
+    assert run_green(main) == expected
+    assert run_green(main) == expected
+
+
+def test_switch_run_passes_the_switch_and_returns_the_result(run_green: Run) -> None:
+    def main() -> int:
+        results: list[int] = []
+
+        def body(sw: gb.Switch) -> int:
+            sw.fork(results.append, 1)
+            return 42
+
+        value = gb.Switch.run(body)
+        assert results == [1]
+        return value
+
+    assert run_green(main) == 42
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_fiber_failure_cancels_siblings_and_body_and_is_raised_itself(run_green: Run) -> None:
+    record: list[str] = []
+    boom = Boom("fiber")
+
+    def failing() -> None:
+        fiber.yield_()
+        raise boom
+
+    def sibling() -> None:
+        try:
+            forever()
+        except asyncio.CancelledError:
+            record.append("sibling cancelled")
+            raise
+
+    def main() -> None:
+        with pytest.raises(Boom) as info:
+            with gb.Switch() as sw:
+                sw.fork(sibling)
+                sw.fork(failing)
+                try:
+                    forever()
+                except asyncio.CancelledError:
+                    record.append("body cancelled")
+                    raise
+        assert info.value is boom
+        assert info.value.__context__ is None  # not chained to the body's CancelledError
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        gb.sleep(0)  # no stray cancellation left behind
+        record.append("carried on")
+
+    run_green(main)
+    assert record == ["sibling cancelled", "body cancelled", "carried on"]
+
+
+def test_body_failure_cancels_fibers_and_is_raised_with_its_traceback(run_green: Run) -> None:
+    record: list[str] = []
+
+    def child() -> None:
+        try:
+            forever()
+        finally:
+            record.append("child finished")
+
+    def body_raises() -> None:
+        with gb.Switch() as sw:
+            sw.fork(child)
+            fiber.yield_()
+            raise Boom("body")
+
+    def main() -> None:
+        with pytest.raises(Boom, match="body") as info:
+            body_raises()
+        assert "body_raises" in [entry.name for entry in info.traceback]
+
+    run_green(main)
+    assert record == ["child finished"]
+
+
+def test_several_failures_are_raised_as_an_exception_group(run_green: Run) -> None:
+    def fail_with(message: str) -> None:
+        raise Boom(message)
+
+    def main() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            with gb.Switch() as sw:
+                sw.fork(fail_with, "one")
+                sw.fork(fail_with, "two")
+        assert [str(e) for e in info.value.exceptions] == ["one", "two"]
+
+    run_green(main)
+
+
+def test_cancellation_never_hides_a_real_error(run_green: Run) -> None:
+    """A fiber whose clean-up fails after being cancelled reports that failure too."""
+
+    def bad_cleanup() -> None:
+        try:
+            forever()
+        finally:
+            raise Boom("cleanup")
+
+    def first_failure() -> None:
+        fiber.yield_()
+        raise Boom("first")
+
+    def main() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            with gb.Switch() as sw:
+                sw.fork(bad_cleanup)
+                sw.fork(first_failure)
+        assert sorted(str(e) for e in info.value.exceptions) == ["cleanup", "first"]
+
+    run_green(main)
+
+
+def test_fail_cancels_the_switch_and_raises_on_exit(run_green: Run) -> None:
+    record: list[str] = []
+
+    def main() -> None:
+        boom = Boom("failed by hand")
+        with pytest.raises(Boom) as info:
+            with gb.Switch() as sw:
+                sw.fork(forever)
+                sw.fail(boom)
+                record.append("fail() does not suspend")
+                try:
+                    fiber.check()
+                except asyncio.CancelledError:
+                    record.append("check() delivers the cancellation")
+                    raise
+        assert info.value is boom
+        gb.sleep(0)
+
+    run_green(main)
+    assert record == ["fail() does not suspend", "check() delivers the cancellation"]
+
+
+def test_fail_then_exit_without_suspending_leaves_no_stray_cancellation(run_green: Run) -> None:
+    def main() -> str:
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fail(Boom())
+        gb.sleep(0)
+        gb.sleep(0.001)
+        return "ok"
+
+    assert run_green(main) == "ok"
+
+
+def test_fork_on_a_failing_switch_runs_the_fiber_cancelled(run_green: Run) -> None:
+    record: list[str] = []
+
+    def late() -> None:
+        record.append("late starts")
+        try:
+            gb.sleep(0)
+        except asyncio.CancelledError:
+            record.append("late cancelled at its first suspension")
+            raise
+
+    def main() -> None:
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fail(Boom())
+                sw.fork(late)
+
+    run_green(main)
+    assert record == ["late starts", "late cancelled at its first suspension"]
+
+
+# -- daemons, promises, release hooks ----------------------------------------------------------------
+
+
+def test_daemons_are_cancelled_once_non_daemon_work_is_done(run_green: Run) -> None:
+    record: list[str] = []
+
+    def daemon() -> None:
+        try:
+            forever()
+        except asyncio.CancelledError:
+            record.append("daemon cancelled")
+            raise
+
+    def worker() -> None:
+        fiber.yield_()
+        fiber.yield_()
+        record.append("worker done")
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.fork_daemon(daemon)
+            sw.fork(worker)
+            record.append("body done")
+        record.append("exited")
+
+    run_green(main)
+    assert record == ["body done", "worker done", "daemon cancelled", "exited"]
+
+
+def test_a_failing_daemon_fails_the_switch(run_green: Run) -> None:
+    def daemon() -> None:
+        fiber.yield_()
+        raise Boom("daemon")
+
+    def main() -> None:
+        with pytest.raises(Boom, match="daemon"):
+            with gb.Switch() as sw:
+                sw.fork_daemon(daemon)
+                forever()
+
+    run_green(main)
+
+
+def test_fork_promise_delivers_value_and_error_to_the_promise(run_green: Run) -> None:
+    def main() -> None:
+        with gb.Switch() as sw:
+            good = sw.fork_promise(lambda: 7)
+            bad = sw.fork_promise(lambda: 1 // 0)
+            assert good.await_() == 7
+            with pytest.raises(ZeroDivisionError):
+                bad.await_()
+        # The error went to the promise: the switch did not fail.
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                cancelled = sw.fork_promise(forever)
+                sw.fork(raise_boom)
+        with pytest.raises(asyncio.CancelledError):
+            cancelled.await_()
+
+    run_green(main)
+
+
+def test_release_hooks_run_lifo_after_every_fiber_ended(run_green: Run) -> None:
+    record: list[str] = []
+
+    def child() -> None:
+        fiber.yield_()
+        record.append("child done")
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.on_release(record.append, "release 1")
+            sw.fork(child)
+            sw.on_release(record.append, "release 2")
+            record.append("body done")
+
+    run_green(main)
+    assert record == ["body done", "child done", "release 2", "release 1"]
+
+
+def test_release_hooks_are_protected_from_cancellation(run_async: Run) -> None:
+    record: list[str] = []
+
+    def slow_release() -> None:
+        gb.sleep(0.01)  # the host is cancelled while this sleeps
+        record.append("release completed")
+
+    def green(started: asyncio.Event) -> None:
+        with gb.Switch() as sw:
+            sw.on_release(slow_release)
+            sw.fork(forever)
+            started.set()
+            forever()
+
+    async def main() -> None:
+        started = asyncio.Event()
+        task = asyncio.create_task(gb.spawn_green(green, started))
+        await started.wait()
+        task.cancel()
+        await asyncio.sleep(0.002)
+        task.cancel()  # a second cancellation, during the release hook
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main)
+    assert record == ["release completed"]
+
+
+def test_a_failing_release_hook_fails_the_switch(run_green: Run) -> None:
+    def main() -> None:
+        with pytest.raises(Boom, match="release"):
+            with gb.Switch() as sw:
+                sw.on_release(raise_boom, "release")
+
+    run_green(main)
+
+
+# -- misuse ---------------------------------------------------------------------------------
+
+
+def test_using_a_finished_switch_raises(run_green: Run) -> None:
+    released: list[str] = []
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            pass
+        with pytest.raises(gb.SwitchFinishedError, match="fork"):
+            sw.fork(lambda: None)
+        with pytest.raises(gb.SwitchFinishedError):
+            sw.fork_daemon(lambda: None)
+        with pytest.raises(gb.SwitchFinishedError):
+            sw.fork_promise(lambda: None)
+        with pytest.raises(gb.SwitchFinishedError):
+            sw.fail(Boom())
+        with pytest.raises(gb.SwitchFinishedError):
+            sw.on_release(released.append, "run anyway")
+        with pytest.raises(RuntimeError, match="already entered"):
+            with sw:
+                pass
+
+    run_green(main)
+    assert released == ["run anyway"]  # a late release hook still runs: no leak
+
+
+def test_switch_misuse_before_entering_and_outside_green() -> None:
+    sw = gb.Switch()
+    with pytest.raises(RuntimeError, match="before entering"):
+        sw.fork(lambda: None)
+    with pytest.raises(gb.NoGreenContext):
+        with gb.Switch():
+            pass
+
+
+# -- cancellation from asyncio and the uncancel bookkeeping -------------------------------------------
+
+
+def test_switch_cancelled_from_asyncio_cancels_fibers_and_waits_for_them(run_async: Run) -> None:
+    record: list[str] = []
+
+    def child(name: str) -> None:
+        try:
+            forever()
+        except asyncio.CancelledError:
+            gb.sleep(0.001)  # clean-up that takes a while
+            record.append(f"{name} cleaned up")
+            raise
+
+    def green(started: asyncio.Event) -> None:
+        with gb.Switch() as sw:
+            sw.fork(child, "a")
+            sw.fork(child, "b")
+            fiber.yield_()
+            started.set()
+            forever()
+
+    async def main() -> None:
+        started = asyncio.Event()
+        task = asyncio.create_task(gb.spawn_green(green, started))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record.append("task cancelled")
+
+    run_async(main)
+    assert record == ["a cleaned up", "b cleaned up", "task cancelled"]
+
+
+def test_timeouts_around_a_switch_see_the_counts_they_expect(run_green: Run) -> None:
+    def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        # A failing switch inside a timeout: the switch's error, not a TimeoutError.
+        with pytest.raises(Boom):
+            with gb.timeout(10):
+                with gb.Switch() as sw:
+                    sw.fork(raise_boom)
+                    forever()
+        # A timeout expiring around a switch: TimeoutError, fibers cancelled.
+        with pytest.raises(TimeoutError):
+            with gb.timeout(0.001):
+                with gb.Switch() as sw:
+                    sw.fork(forever)
+                    forever()
+        assert task.cancelling() == 0
+
+    run_green(main)
+
+
+def test_switch_in_a_fiber_that_swallowed_a_cancellation(run_async: Run) -> None:
+    """A fiber that caught CancelledError and carried on keeps cancelling() raised; a switch
+    entered afterwards measures from there and still tells its own cancellation apart."""
+
+    def green(started: asyncio.Event) -> str:
+        try:
+            started.set()
+            forever()
+        except asyncio.CancelledError:
+            pass  # carry on regardless
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fork(raise_boom)
+                forever()
+        with pytest.raises(TimeoutError):
+            with gb.timeout(0.001):
+                forever()
+        return "survived"
+
+    async def main() -> tuple[str, int]:
+        started = asyncio.Event()
+        task = asyncio.create_task(gb.spawn_green(green, started))
+        await started.wait()
+        task.cancel()
+        return await task, task.cancelling()
+
+    assert run_async(main) == ("survived", 1)
+
+
+def test_task_group_around_green_switches(run_async: Run) -> None:
+    def green_fails() -> None:
+        with gb.Switch() as sw:
+            sw.fork(forever)
+            fiber.yield_()
+            raise Boom("green")
+
+    async def main() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(gb.spawn_green(green_fails))
+                tg.create_task(gb.spawn_green(forever))
+        assert [type(e) for e in info.value.exceptions] == [Boom]
+
+    run_async(main)
