@@ -115,8 +115,9 @@ async def _open_tcp(
             sock.setblocking(False)
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, address)
-                transport, protocol = await loop.create_connection(
-                    lambda: _ConnProtocol(keep_open_on_eof=ssl is None),
+                protocol = _ConnProtocol(keep_open_on_eof=ssl is None)
+                transport, _ = await loop.create_connection(
+                    lambda: protocol,  # noqa: B023 - called before the loop moves on
                     sock=sock,
                     ssl=ssl,
                     server_hostname=(server_hostname or host) if ssl is not None else None,
@@ -164,8 +165,9 @@ def connect(
 
 async def _open_unix(path: str, ssl: _ssl.SSLContext | None, server_hostname: str | None) -> Connection:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_unix_connection(
-        lambda: _ConnProtocol(keep_open_on_eof=ssl is None),
+    protocol = _ConnProtocol(keep_open_on_eof=ssl is None)
+    transport, _ = await loop.create_unix_connection(
+        lambda: protocol,
         path,
         ssl=ssl,
         server_hostname=server_hostname if ssl is not None else None,
@@ -187,11 +189,14 @@ def connect_unix(
 # -- listening -----------------------------------------------------------------------------------
 
 
+# Each of these keeps the protocol it made: with TLS, uvloop returns its own SSL protocol, not
+# the application's, from create_connection and friends.
+
+
 async def _wrap_accepted(sock: socket.socket, ssl: _ssl.SSLContext | None) -> Connection:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_accepted_socket(
-        lambda: _ConnProtocol(keep_open_on_eof=ssl is None), sock, ssl=ssl
-    )
+    protocol = _ConnProtocol(keep_open_on_eof=ssl is None)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=ssl)
     return Connection(transport, protocol)
 
 

@@ -299,7 +299,10 @@ class Connection(TwoWay):
             raise ValueError(f"shutdown() takes 'send', 'receive' or 'all', got {how!r}")
         self._check_open()
         p = self._protocol
-        if how in ("receive", "all"):
+        sending = how != "receive" and not self._send_closed
+        if sending and not p._lost and not self._transport.can_write_eof():
+            raise NotImplementedError("shutdown('send') is not supported on this transport (TLS)")
+        if how != "send":
             p._drop_input = True
             p._start = p._end = 0
             if p._read_paused:
@@ -309,11 +312,9 @@ class Connection(TwoWay):
             reader, p._reader = p._reader, None
             if reader is not None:
                 reader.wake()
-        if how in ("send", "all") and not self._send_closed:
+        if sending:
             self._send_closed = True
             if not p._lost and not self._transport.is_closing():
-                if not self._transport.can_write_eof():
-                    raise NotImplementedError("shutdown('send') is not supported on this transport (TLS)")
                 try:
                     self._transport.write_eof()
                 except ConnectionError:
