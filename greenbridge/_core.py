@@ -133,8 +133,10 @@ class _Fiber(greenlet):
 
     # This fiber's idle _Stepper, None while await_from_green is using it.
     _stepper: _Stepper | None = None
-    # The _GreenCall this fiber runs (None while idle in the pool).
-    _call: _GreenCall | None = None
+    # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else None.
+    _handover: Any = None
+    # The outcome of the finished call, from _FINISHED until the driver takes it.
+    _outcome: tuple[Any, Any] | None = None
     # Direct resumption (see "Direct resumption" in the memo). _park is the Future the hosting
     # Task waits on while the fiber is parked by a Waiter; _direct is True while the fiber was
     # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
@@ -142,9 +144,11 @@ class _Fiber(greenlet):
     _direct = False
 
 
-# What a fiber hands its driver when the function it ran has returned or raised; the outcome
-# itself is left on the _GreenCall (``_result`` / ``_error``).
+# What a fiber hands its driver when the function it ran has returned or raised; the outcome is
+# then in the fiber's ``_outcome``: (_RETURNED, result) or (_RAISED, exception).
 _FINISHED: Any = object()
+_RETURNED: Any = object()
+_RAISED: Any = object()
 
 # A fiber that finished its function waits here for the next one instead of dying. A new greenlet
 # costs a fresh interpreter data stack on its first switch (about 7 us, most of a spawn); a pooled
@@ -162,25 +166,25 @@ def _idle_fibers() -> list[_Fiber]:
         return idle
 
 
-def _fiber_main(call: _GreenCall) -> Any:
+def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The body of every fiber greenlet: run one call, report, wait in the pool for the next."""
     fiber = cast(_Fiber, getcurrent())
     idle = _idle_fibers()
     while True:
         try:
-            call._result = call._fn(*call._args, **call._kwargs)
+            fiber._outcome = (_RETURNED, fn(*args, **kwargs))
         except GreenletExit:
             raise  # the greenlet is being killed (collected while suspended): let it die
         except BaseException as exc:
-            call._error = exc
-        call = None  # type: ignore[assignment]  # an idle fiber must not keep its last call alive
+            fiber._outcome = (_RAISED, exc)
+        fn = args = kwargs = None  # type: ignore[assignment]  # an idle fiber keeps nothing alive
         if fiber._direct:
-            _return_to_task(fiber)  # the driver, not a waker, must receive _FINISHED
-        fiber._call = fiber._park = None
+            _return_to_task(fiber)  # the driver, not a waker, must receive the outcome
+        fiber._park = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
         idle.append(fiber)
-        call = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
+        fn, args, kwargs = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
 
 
 # What a stepper yields when the awaitable it was given has finished; the outcome is on it.
@@ -220,85 +224,47 @@ class _Stepper:
             awaitable = yield _STEPPED
 
 
-class _GreenCall:
-    """One ``spawn_green`` call: what to run, the fiber running it, and its outcome."""
-
-    __slots__ = ("_args", "_error", "_fiber", "_fn", "_foreign", "_kwargs", "_result")
-
-    # Invariants: _fiber is the fiber running this call from the driver's first step until the
-    # fiber reports _FINISHED, else None. _foreign is an iterator the driver must await for the
-    # fiber before resuming it, set only by _pass_to_driver while the driver is suspended.
-    # _result / _error hold the outcome between _FINISHED and the driver returning or raising it.
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
-        self._fn = fn
-        self._args = args
-        self._kwargs = kwargs
-        self._fiber: _Fiber | None = None
-        self._foreign: Any = None
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-    def _start(self) -> _Fiber:
-        driver = getcurrent()
-        idle = _idle_fibers()
-        if idle:
-            fiber = idle.pop()
-            fiber.parent = driver
-        else:
-            fiber = _Fiber(_fiber_main, driver)
-        fiber.gr_context = driver.gr_context
-        fiber._call = self
-        self._fiber = fiber
-        return fiber
-
-    def _take_outcome(self) -> BaseException | None:
-        """After _FINISHED: release the fiber; return the exception to raise, if any (the result
-        is then in ``_result``)."""
-        fiber = self._fiber
-        assert fiber is not None
-        fiber.gr_context = None  # an idle fiber must not keep the Task's context alive
-        self._fiber = None
-        error = self._error
-        if error is not None:
-            self._error = None
-            # Drop the _fiber_main frame: the user's frames come right after the driver's.
-            tb = error.__traceback__
-            return error.with_traceback(tb.tb_next if tb is not None else None)
-        return None
-
-
 @types.coroutine
-def _drive(call: _GreenCall) -> Generator[Any, Any, Any]:
+def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Any, Any, Any]:
     """The driver: a generator the hosting Task steps (through ``spawn_green``'s coroutine).
 
-    Switches into the fiber; passes on to the Task what the fiber yields (raw yields), throws
-    into the fiber what the Task throws in; awaits, itself, awaitables handed over by the
-    foreign convention; returns the function's result or raises its exception. A generator
-    rather than a hand-written coroutine object: the Task resumes it without a Python-level
-    call, and it returns its result without a StopIteration.
+    Takes a fiber, switches into it; passes on to the Task what the fiber yields (raw yields),
+    throws into the fiber what the Task throws in; awaits, itself, awaitables handed over by the
+    foreign convention; returns the function's result or raises its exception.
     """
-    if not callable(call._fn):
-        raise TypeError(f"spawn_green() needs a callable, got {type(call._fn).__name__!r}")
-    fiber = call._start()
-    out = fiber.switch(call)
+    if not callable(fn):
+        raise TypeError(f"spawn_green() needs a callable, got {type(fn).__name__!r}")
+    driver = getcurrent()
+    idle = _idle_fibers()
+    if idle:
+        fiber = idle.pop()
+        fiber.parent = driver
+    else:
+        fiber = _Fiber(_fiber_main, driver)
+    fiber.gr_context = driver.gr_context
+    switch = fiber.switch
+    out = switch(fn, args, kwargs)
+    del fn, args, kwargs
     while True:
+        if out is _FINISHED:
+            fiber.gr_context = None  # an idle fiber must not keep the Task's context alive
+            tag, outcome = fiber._outcome  # type: ignore[misc]
+            fiber._outcome = None
+            if tag is _RAISED:
+                # Drop the _fiber_main frame: the user's frames come right after the driver's.
+                tb = outcome.__traceback__
+                raise outcome.with_traceback(tb.tb_next if tb is not None else None)
+            return outcome
         if out is None or getattr(out, "_asyncio_future_blocking", False):
             try:
                 value = yield out
             except BaseException as exc:  # cancellation & co.: into the fiber
                 out = fiber.throw(exc)
             else:
-                if call._foreign is None:
-                    out = fiber.switch(value)
+                if fiber._handover is None:
+                    out = switch(value)
                 else:
-                    out, call._foreign = call._foreign, None
-        elif out is _FINISHED:
-            error = call._take_outcome()
-            if error is not None:
-                raise error
-            result, call._result = call._result, None
-            return result
+                    out, fiber._handover = fiber._handover, None
         else:
             # The foreign convention: an awaitable to await on the fiber's behalf.
             try:
@@ -306,7 +272,7 @@ def _drive(call: _GreenCall) -> Generator[Any, Any, Any]:
             except BaseException as exc:  # every outcome goes back to the fiber
                 out = fiber.throw(exc)
             else:
-                out = fiber.switch(result)
+                out = switch(result)
 
 
 def _await_iter(awaitable: Any) -> Any:
@@ -407,10 +373,9 @@ def _resume(fiber: _Fiber) -> bool:
 def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
     """A directly resumed fiber used the foreign convention (``parent.switch(awaitable)``):
     hand the awaitable to its driver and let its Task step await it."""
-    call = fiber._call
-    assert call is not None and fiber._park is not None
+    assert fiber._park is not None
     fiber._direct = False
-    call._foreign = awaitable
+    fiber._handover = awaitable
     fiber._park.set_result(None)
 
 
@@ -428,7 +393,7 @@ async def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
 
     Raises ``TypeError`` when ``fn`` is not callable (on the first step, like any coroutine).
     """
-    return await _drive(_GreenCall(fn, args, kwargs))  # type: ignore[no-any-return]
+    return await _drive(fn, args, kwargs)  # type: ignore[no-any-return]
 
 
 def await_from_green(awaitable: Awaitable[T]) -> T:
@@ -594,7 +559,7 @@ def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await _drive(_GreenCall(fn, args, kwargs))  # type: ignore[no-any-return]
+        return await _drive(fn, args, kwargs)  # type: ignore[no-any-return]
 
     return wrapper
 

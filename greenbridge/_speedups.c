@@ -118,27 +118,19 @@ await_from_green(PyObject *module, PyObject *awaitable)
     }
 
     PyObject *out = NULL;
-    PyObject *switch_ = NULL;
+    PyObject *parent = NULL;
     PySendResult status = PyIter_Send(it, Py_None, &out);
     while (status == PYGEN_NEXT) {
-        if (switch_ == NULL) {
-            PyObject *parent = PyObject_GetAttr(current, str_parent);
+        if (parent == NULL) {
+            parent = PyObject_GetAttr(current, str_parent);
             if (parent == NULL) {
                 Py_DECREF(out);
                 out = NULL;
                 status = PYGEN_ERROR;
                 break;
             }
-            switch_ = PyObject_GetAttr(parent, str_switch);
-            Py_DECREF(parent);
-            if (switch_ == NULL) {
-                Py_DECREF(out);
-                out = NULL;
-                status = PYGEN_ERROR;
-                break;
-            }
         }
-        PyObject *sent = PyObject_CallOneArg(switch_, out);
+        PyObject *sent = PyObject_CallMethodOneArg(parent, str_switch, out);
         Py_DECREF(out);
         out = NULL;
         if (sent != NULL) {
@@ -156,7 +148,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
             Py_DECREF(exc);
         }
     }
-    Py_XDECREF(switch_);
+    Py_XDECREF(parent);
     Py_DECREF(it);
     Py_DECREF(current);
     if (status == PYGEN_RETURN) {
