@@ -5,7 +5,8 @@ its parent reaches it through one of the crossings (a plain call, ``spawn_green`
 ``await_from_green``, ``as_async`` / ``as_green``, a nested fiber, a Task); nodes nest, run
 children concurrently in a ``TaskGroup``, put timeouts (``gb.timeout`` / ``asyncio.timeout``)
 around them, cancel them at a chosen point, raise ``Exception`` and ``BaseException`` subclasses,
-block forever (only under a deadline), and suspend inside ``finally``.
+block forever (only under a deadline), park on a ``Waiter`` that a loop callback wakes, fails or
+cancels (the direct-resumption path), and suspend inside ``finally``.
 
 Every run is checked against the invariants of the reliability contract (docs/reliability.md):
 
@@ -40,11 +41,12 @@ from hypothesis import strategies as st
 
 import greenbridge as gb
 from greenbridge._core import _loop_factory
+from greenbridge._waiter import Waiter
 
 # -- the program model ---------------------------------------------------------------------------
 
 GREEN, ASYNC = "green", "async"
-LEAVES = ("value", "raise", "raise_base", "block", "sleep")
+LEAVES = ("value", "raise", "raise_base", "block", "sleep", "wait")
 BRANCHES = ("seq", "catch", "timeout", "cancel", "group")
 
 
@@ -97,9 +99,15 @@ vias = st.integers(0, 2)
 hops = st.integers(0, 3)
 
 
-def programs(*, real_time: bool) -> st.SearchStrategy[Node]:
+def programs(*, real_time: bool, wakeups: bool) -> st.SearchStrategy[Node]:
+    """Program trees; ``real_time`` adds sleeps and timeouts in seconds, ``wakeups`` adds
+    ``wait`` leaves woken from loop callbacks (a Waiter's direct resumption on the green side,
+    one loop iteration sooner than a Future would, so not comparable with the twin)."""
     seconds = st.sampled_from((0.0005, 0.001, 0.003)) if real_time else st.none()
-    leaf_kinds = LEAVES if real_time else tuple(k for k in LEAVES if k != "sleep")
+    excluded = {"sleep"} if not real_time else set()
+    if not wakeups:
+        excluded.add("wait")
+    leaf_kinds = tuple(k for k in LEAVES if k not in excluded)
     leaf = st.builds(
         Node, kind=st.sampled_from(leaf_kinds), side=sides, via=vias, arg=hops, cleanup=st.booleans()
     ).map(lambda n: replace(n, seconds=0.001) if n.kind == "sleep" else n)
@@ -200,6 +208,7 @@ class Program:
         self.tasks: list[asyncio.Task[Any]] = []
         self.leftover_tasks: set[asyncio.Task[Any]] | None = None
         self.errors: list[str] = []
+        self.waits: dict[int, dict[str, Any]] = {}  # what each side of a green wait saw
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -246,7 +255,8 @@ class Program:
     # -- green nodes ----------------------------------------------------------------------------
 
     def green(self, node: Node) -> Token:
-        assert gb.in_green()
+        if not gb.in_green():
+            self.errors.append(f"green node {node.id} runs outside green code")
         self.events.append(("start", node.id))
         try:
             try:
@@ -274,6 +284,8 @@ class Program:
                 raise BaseBoom(node.id)
             elif kind == "block":
                 gb.await_from_green(asyncio.get_running_loop().create_future())
+            elif kind == "wait":
+                return self._green_wait(node)
             return Token(node.id)
         if kind == "seq":
             for child in node.children:
@@ -313,6 +325,32 @@ class Program:
                     self._receive_task(child, task)
         return Token(node.id)
 
+    def _green_wait(self, node: Node) -> Token:
+        """Park on a Waiter that a loop callback wakes (``via`` 0), fails (1) or cancels (2)
+        ``arg`` hops from now. ``wake`` may run this fiber before it returns, so what each side
+        saw is recorded and compared after the run (``check_waits``)."""
+        waiter = Waiter()
+        token = Token(node.id)
+        record = self.waits[node.id] = {"token": token}
+        settle = (lambda: waiter.wake(token), lambda: waiter.fail(Boom(node.id)), waiter.cancel)[node.via]
+
+        def waker() -> None:
+            record["settled"] = settle()
+
+        stop = self._after_hops(node.arg, waker)
+        try:
+            value = waiter.wait()
+        except asyncio.CancelledError:
+            record["got"] = ("cancelled", waiter.take_back())
+            raise
+        except Boom:
+            record["got"] = ("failed",)
+            raise
+        finally:
+            stop()
+        record["got"] = ("value", value)
+        return token
+
     def call_from_green(self, child: Node) -> Token:
         """Reach ``child`` from green code, by the crossing ``child.via`` selects."""
         try:
@@ -339,7 +377,6 @@ class Program:
     # -- async nodes ----------------------------------------------------------------------------
 
     async def coroutine(self, node: Node) -> Token:
-        assert not gb.in_green() or node.side == ASYNC
         self.events.append(("start", node.id))
         try:
             try:
@@ -367,6 +404,8 @@ class Program:
                 raise BaseBoom(node.id)
             elif kind == "block":
                 await asyncio.get_running_loop().create_future()
+            elif kind == "wait":
+                return await self._async_wait(node)
             return Token(node.id)
         if kind == "seq":
             for child in node.children:
@@ -405,6 +444,27 @@ class Program:
                 for child, task in tasks:
                     self._receive_task(child, task)
         return Token(node.id)
+
+    async def _async_wait(self, node: Node) -> Token:
+        """The coroutine counterpart of ``_green_wait``, on a Future."""
+        future: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
+        token = Token(node.id)
+
+        def settle() -> None:
+            if future.done():
+                return
+            if node.via == 0:
+                future.set_result(token)
+            elif node.via == 1:
+                future.set_exception(Boom(node.id))
+            else:
+                future.cancel()
+
+        stop = self._after_hops(node.arg, settle)
+        try:
+            return await future
+        finally:
+            stop()
 
     async def call_from_async(self, child: Node) -> Token:
         """Reach ``child`` from a coroutine, by the crossing ``child.via`` selects."""
@@ -483,6 +543,7 @@ def check(program: Program, final: Any) -> None:
     """The invariants of the module docstring, on one finished run."""
     root = program.root
     assert not program.errors, program.errors
+    check_waits(program)
     assert program.leftover_tasks == set(), f"tasks left running: {program.leftover_tasks}"
     assert all(task.done() for task in program.tasks)
 
@@ -532,6 +593,23 @@ def check(program: Program, final: Any) -> None:
                 assert not failed, f"group {node.id} ended {outcome!r} although {failed!r} failed"
 
 
+def check_waits(program: Program) -> None:
+    """Nothing handed to a Waiter is lost or delivered twice: a value ``wake`` accepted was
+    returned by ``wait`` or given back by ``take_back``; one it refused was not delivered."""
+    for node_id, record in program.waits.items():
+        node = next(n for n in program.root.walk() if n.id == node_id)
+        settled, got = record.get("settled"), record["got"]
+        if node.via == 0:
+            if settled:
+                assert got in (("value", record["token"]), ("cancelled", (True, record["token"]))), record
+            else:
+                assert got == ("cancelled", (False, None)), record
+        elif node.via == 1:
+            assert (got == ("failed",)) == bool(settled), record
+        else:
+            assert got == ("cancelled", (False, None)), record
+
+
 def per_node(events: list[tuple[Any, ...]]) -> dict[int, list[tuple[Any, ...]]]:
     """The trace seen from each node: its own events in order. (Across sibling Tasks the order
     is not deterministic: a TaskGroup cancels its Tasks in the order of a set.)"""
@@ -568,7 +646,7 @@ ONE_OF_EACH = number(
 
 
 @hypothesis_settings(ci_examples=150)
-@given(root=programs(real_time=False))
+@given(root=programs(real_time=False, wakeups=False))
 @example(root=ONE_OF_EACH)
 def test_counted_programs_keep_the_invariants_and_match_pure_asyncio(root: Node, gb_backend: str) -> None:
     """Programs timed in loop iterations: the invariants hold, and the trace is the one the
@@ -579,15 +657,23 @@ def test_counted_programs_keep_the_invariants_and_match_pure_asyncio(root: Node,
     assert per_node(green.events) == per_node(twin.events)
 
 
+@hypothesis_settings(ci_examples=100)
+@given(root=programs(real_time=False, wakeups=True))
+def test_programs_with_direct_wakeups_keep_the_invariants(root: Node, gb_backend: str) -> None:
+    """Programs whose green fibers also park on Waiters woken (failed, cancelled) from loop
+    callbacks -- direct resumption, racing timeouts and cancellations by the iteration."""
+    run_and_check(root, gb_backend)
+
+
 @hypothesis_settings(ci_examples=60)
-@given(root=programs(real_time=True))
+@given(root=programs(real_time=True, wakeups=True))
 def test_programs_in_real_time_keep_the_invariants(root: Node, gb_backend: str) -> None:
     """Programs with real sleeps and timeouts in seconds: timing varies, the invariants hold."""
     run_and_check(root, gb_backend)
 
 
 @hypothesis_settings(ci_examples=40)
-@given(root=programs(real_time=False))
+@given(root=programs(real_time=False, wakeups=True))
 def test_programs_started_from_asyncio_keep_the_invariants(root: Node, gb_backend: str) -> None:
     """The same programs entered from a plain asyncio Runner (no ``gb.run``): fibers end with
     the run, though idle pooled greenlets may stay for the next one."""
@@ -626,3 +712,81 @@ def test_await_from_green_accepts_a_spawn_green_coroutine(run_green: Callable[..
         return gb.await_from_green(gb.spawn_green(inner, 41))
 
     assert run_green(outer) == 42
+
+
+# -- regressions found by the properties ---------------------------------------------------------
+#
+# A fiber that a Waiter resumes directly (from a loop callback) runs outside its Task's step.
+# When the same callback then cancels that Task -- a TaskGroup aborting because a sibling failed
+# does exactly this -- the cancellation reaches the fiber at the point where it hands control
+# back to its Task.
+
+
+def _resume_directly_then_cancel(green: Callable[[Waiter], Any]) -> Callable[[], Any]:
+    """A coroutine function: run ``green(waiter)`` in a Task, let it park on the waiter, then from
+    one loop callback wake it (direct resumption) and cancel its Task; return the Task."""
+
+    async def main() -> asyncio.Task[Any]:
+        waiter = Waiter()
+        task = asyncio.create_task(gb.spawn_green(green, waiter))
+        await asyncio.sleep(0)  # the fiber parks
+
+        def wake_then_cancel() -> None:
+            assert waiter.wake("woken")
+            task.cancel()
+
+        asyncio.get_running_loop().call_soon(wake_then_cancel)
+        await asyncio.wait([task])
+        return task
+
+    return main
+
+
+def test_an_error_raised_after_a_direct_wakeup_is_not_lost_to_a_later_cancel(
+    run_async: Callable[..., Any],
+) -> None:
+    """The fiber finished by raising; its Task must end with that error, not ``CancelledError``
+    (found as "group ended CancelledError although its children failed")."""
+
+    def green(waiter: Waiter) -> None:
+        waiter.wait()
+        raise Boom(1)
+
+    task = run_async(_resume_directly_then_cancel(green))
+    assert not task.cancelled()
+    assert isinstance(task.exception(), Boom)
+
+
+def test_a_result_returned_after_a_direct_wakeup_is_not_lost_to_a_later_cancel(
+    run_async: Callable[..., Any],
+) -> None:
+    """The fiber finished by returning; the result must reach the Task's awaiter (a returned
+    resource, e.g. a connection, would otherwise be dropped without anyone closing it)."""
+
+    def green(waiter: Waiter) -> str:
+        return f"{waiter.wait()} and returned"
+
+    task = run_async(_resume_directly_then_cancel(green))
+    assert not task.cancelled()
+    assert task.result() == "woken and returned"
+
+
+def test_an_await_after_a_direct_wakeup_closes_its_coroutine_when_cancelled(
+    run_async: Callable[..., Any], gb_backend: str
+) -> None:
+    """``await_from_green(coro)`` that is cancelled while it goes back to its Task must not leave
+    ``coro`` un-stepped and unclosed ("coroutine ... was never awaited")."""
+    stepped: list[str] = []
+
+    async def body() -> None:
+        stepped.append("body")
+
+    def green(waiter: Waiter) -> None:
+        waiter.wait()
+        gb.await_from_green(body())
+
+    with watch(gb_backend, greenlets=False) as report:
+        task = run_async(_resume_directly_then_cancel(green))
+        assert task.cancelled()
+        del task  # its CancelledError's traceback holds the fiber's frames, hence the coroutine
+    assert report.problems() == []
