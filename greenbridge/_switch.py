@@ -126,7 +126,7 @@ class Switch:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Invariant: _children holds every forked fiber whose _run_child has not finished;
         # _non_daemons counts the non-daemon ones among them.
-        self._children: set[_Child] = set()
+        self._children: dict[_Child, None] = {}  # a dict: ordered, so cancellation is in fork order
         self._non_daemons = 0
         # Failures in the order they happened; _failing once any happened (or the host was
         # cancelled from outside): from then on every child is cancelled.
@@ -144,8 +144,7 @@ class Switch:
         """Run ``fn(sw)`` with a new switch ``sw``, exactly as ``with Switch() as sw: fn(sw)``,
         and return its result."""
         with Switch() as sw:
-            result = fn(sw)
-        return result
+            return fn(sw)
 
     def __repr__(self) -> str:
         return (
@@ -192,7 +191,7 @@ class Switch:
         child = _Child(daemon, promise, on_value)
         assert self._loop is not None
         child.task = self._loop.create_task(spawn_green(self._run_child, child, fn, args))
-        self._children.add(child)
+        self._children[child] = None
         if not daemon:
             self._non_daemons += 1
         if self._failing:
@@ -230,7 +229,7 @@ class Switch:
             self._child_finished(child)
 
     def _child_finished(self, child: _Child) -> None:
-        self._children.discard(child)
+        del self._children[child]
         if not child.daemon:
             self._non_daemons -= 1
         if self._state == _EXITING:
@@ -331,7 +330,7 @@ class Switch:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: types.TracebackType | None,
-    ) -> bool:
+    ) -> None:
         host = self._host
         assert host is not None
         self._state = _EXITING
@@ -364,15 +363,13 @@ class Switch:
             if len(errors) == 1:
                 error = errors[0]
                 if error is exc:
-                    return False  # the body's own exception: let 'with' re-raise it as it is
+                    return  # the body's own exception: let 'with' re-raise it as it is
                 _raise_keeping_context(error)
             raise BaseExceptionGroup("several fibers failed on a gb.Switch", errors)
-        if cancelled_from_outside:
-            if isinstance(exc, asyncio.CancelledError):
-                return False
-            raise asyncio.CancelledError()
-        # Any CancelledError left was ours (the switch cancelled its body): swallow it.
-        return isinstance(exc, asyncio.CancelledError)
+        if cancelled_from_outside and exc is None:
+            raise asyncio.CancelledError()  # it arrived while the fibers were finishing
+        # Otherwise the body's own outcome stands. It never swallows an exception: the switch
+        # cancels its body only when it failed, and then raises the failure instead.
 
     def _wait_for_children(self) -> None:
         """Park the host until the last child has finished; cancellations from asyncio cancel
@@ -389,7 +386,7 @@ class Switch:
                 # A child whose Task asyncio cancelled before its first step (a loop shutting
                 # down) never ran _run_child: it will not report.
                 for child in [c for c in self._children if not c.started and c.task.done()]:  # type: ignore[union-attr]
-                    self._children.discard(child)
+                    del self._children[child]
                     self._non_daemons -= not child.daemon
             finally:
                 self._exit_waiter = None
