@@ -9,17 +9,26 @@ from ._adapters import iterate as iterate
 from ._adapters import run_in_thread as run_in_thread
 from ._bufio import BufReader as BufReader
 from ._bufio import BufWriter as BufWriter
+from ._cancel import protect as protect
 from ._core import as_async as as_async
 from ._core import as_green as as_green
 from ._core import await_from_green as await_from_green
 from ._core import in_green as in_green
 from ._core import run as run
 from ._core import spawn_green as spawn_green
+from ._diagnostics import dump_fibers as dump_fibers
 from ._errors import BufferLimitExceeded as BufferLimitExceeded
 from ._errors import ClosedResourceError as ClosedResourceError
 from ._errors import GreenbridgeError as GreenbridgeError
 from ._errors import NoGreenContext as NoGreenContext
 from ._errors import SwitchFinishedError as SwitchFinishedError
+from ._switch import Switch as Switch
+from ._sync import Condition as Condition
+from ._sync import Event as Event
+from ._sync import Mutex as Mutex
+from ._sync import Promise as Promise
+from ._sync import Semaphore as Semaphore
+from ._sync import Stream as Stream
 from ._time import sleep as sleep
 from ._time import timeout as timeout
 from ._time import with_timeout as with_timeout
@@ -31,15 +40,24 @@ __all__ = (
     "BufWriter",
     "BufferLimitExceeded",
     "ClosedResourceError",
+    "Condition",
+    "Event",
     "GreenbridgeError",
+    "Mutex",
     "NoGreenContext",
+    "Promise",
+    "Semaphore",
+    "Stream",
+    "Switch",
     "SwitchFinishedError",
     "as_async",
     "as_green",
     "await_from_green",
+    "dump_fibers",
     "enter",
     "in_green",
     "iterate",
+    "protect",
     "run",
     "run_in_thread",
     "sleep",
