@@ -22,6 +22,8 @@ from ._errors import ClosedResourceError as ClosedResourceError
 from ._errors import GreenbridgeError as GreenbridgeError
 from ._errors import NoGreenContext as NoGreenContext
 from ._errors import SwitchFinishedError as SwitchFinishedError
+from ._facade import GreenFacade as GreenFacade
+from ._facade import green_facade as green_facade
 from ._switch import Switch as Switch
 from ._sync import Condition as Condition
 from ._sync import Event as Event
@@ -42,6 +44,7 @@ __all__ = (
     "ClosedResourceError",
     "Condition",
     "Event",
+    "GreenFacade",
     "GreenbridgeError",
     "Mutex",
     "NoGreenContext",
@@ -55,6 +58,7 @@ __all__ = (
     "await_from_green",
     "dump_fibers",
     "enter",
+    "green_facade",
     "in_green",
     "iterate",
     "protect",
