@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from greenlet import getcurrent, greenlet
 
-from ._core import _drive, _green_frames, _live_fibers
+from ._core import _drive, _Fiber, _green_frames, _live_fibers
 from ._switch import _fiber_switch, _open_switches
 
 __all__ = ("dump_fibers",)
@@ -38,6 +38,13 @@ def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
                     hosts[fiber] = task
                 break
             awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    # The running fiber's chain is being stepped (no cr_await to follow): its Task is the
+    # current one, unless a waker resumed it outside its Task's step.
+    current = getcurrent()
+    if type(current) is _Fiber and not current._direct:
+        running = asyncio.current_task()
+        if running is not None:
+            hosts[current] = running
     return hosts
 
 
@@ -74,7 +81,7 @@ def dump_fibers(file: TextIO | None = None) -> None:
     for number, fiber in enumerate(fibers, 1):
         task = hosts.get(fiber)
         state = "running" if fiber is current else "suspended"
-        name = task.get_name() if task is not None else "(nested in another fiber's await)"
+        name = task.get_name() if task is not None else "(Task unknown: nested in another fiber's await)"
         print(f"fiber {number}: {name}, {state}", file=out)
         forked_on = _fiber_switch.get(fiber)
         if forked_on is not None:
