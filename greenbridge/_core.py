@@ -179,7 +179,7 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
             fiber._outcome = (_RAISED, exc)
         fn = args = kwargs = None  # type: ignore[assignment]  # an idle fiber keeps nothing alive
         if fiber._direct:
-            _return_to_task(fiber)  # the driver, not a waker, must receive the outcome
+            _finish_in_task(fiber)  # the driver, not a waker, must receive the outcome
         fiber._park = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
@@ -352,6 +352,26 @@ def _return_to_task(fiber: _Fiber) -> None:
     fiber.parent.switch(_PARKED)  # type: ignore[union-attr]
 
 
+def _finish_in_task(fiber: _Fiber) -> None:
+    """A directly resumed fiber whose call has finished goes back to its Task to report.
+
+    Its function has already returned or raised: a cancellation its Task receives meanwhile came
+    too late to interrupt it (as ``Task.cancel()`` of a coroutine that has returned would be). The
+    outcome wins, and the cancellation request is withdrawn (``uncancel``) so that the Task's
+    ``cancelling()`` count stays true for TaskGroups and timeouts.
+    """
+    try:
+        _return_to_task(fiber)
+    except GreenletExit:
+        raise
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    except BaseException:  # e.g. GeneratorExit from close(): the outcome is reported all the same
+        pass
+
+
 def _resume(fiber: _Fiber) -> bool:
     """Resume a fiber parked by ``_park``: directly when the caller is its parent (the loop
     greenlet), else through its Task. False when the fiber's Task is being cancelled (the park
@@ -417,7 +437,14 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     if type(current) is not _Fiber:
         return _await_outside_fiber(current, awaitable)
     if current._direct:
-        _return_to_task(current)
+        try:
+            _return_to_task(current)
+        except BaseException:
+            # Cancelled on the way back to the Task: the awaitable is never stepped; close it,
+            # as the driver's Task would close a coroutine cancelled before its first step.
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
     stepper = current._stepper
     if stepper is None:  # first await in this fiber, or an await nested inside another
         stepper = _Stepper()
