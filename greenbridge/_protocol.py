@@ -103,10 +103,13 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        free = len(self._buf) - self._end
-        if free < _MIN_FREE:
+        end = self._end
+        if end == 0:  # the usual case: everything was read, offer the whole buffer as it is
+            return self._view
+        if len(self._buf) - end < _MIN_FREE:
             self._make_room()
-        return self._view[self._end :]
+            end = self._end
+        return self._view[end:]
 
     def _make_room(self) -> None:
         start, end = self._start, self._end
@@ -125,8 +128,8 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         if self._drop_input:
             self._start = self._end = 0
             return
-        self._end += nbytes
-        if self._end - self._start >= RECEIVE_BUFFER_SIZE and not self._read_paused:
+        end = self._end = self._end + nbytes
+        if end - self._start >= RECEIVE_BUFFER_SIZE and not self._read_paused:
             self._read_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -194,10 +197,10 @@ class Connection(TwoWay):
         closes the connection), ``ConnectionResetError`` (or another ``ConnectionError``) when
         the connection broke, ``RuntimeError`` if another fiber is already reading.
         """
-        if self._closed:
-            raise ClosedResourceError("read from a connection after close()")
         p = self._protocol
         while True:
+            if self._closed:
+                raise ClosedResourceError("read from a connection after close()")
             start = p._start
             available = p._end - start
             if available:
@@ -209,27 +212,11 @@ class Connection(TwoWay):
                 else:
                     p._start = start + n
                 out[:n] = p._view[start : start + n]
-                if p._read_paused and p._end - p._start <= RECEIVE_BUFFER_SIZE // 2:
-                    p._read_paused = False
-                    if not p._lost:
-                        self._transport.resume_reading()
+                if p._read_paused:
+                    self._maybe_resume_reading()
                 return n
-            if len(buf) == 0:  # type: ignore[arg-type]
+            if len(buf) == 0 or not self._wait_for_input():  # type: ignore[arg-type]
                 return 0
-            if p._drop_input or p._eof:
-                return 0
-            if p._lost:
-                if p._error is not None:
-                    raise _connection_error(p._error)
-                return 0
-            if p._reader is not None:
-                raise RuntimeError("another fiber is already reading from this connection")
-            waiter = p._reader = Waiter()
-            try:
-                waiter.wait()
-            finally:
-                if p._reader is waiter:
-                    p._reader = None
 
     def read(self, n: int = 65536) -> bytes:
         """Read up to ``n`` bytes (at least one): ``b""`` at end of input; ``n < 0`` reads to
@@ -237,16 +224,50 @@ class Connection(TwoWay):
         if n < 0:
             return self.readall()
         p = self._protocol
-        start = p._start
-        available = p._end - start
-        if available and not p._read_paused and not self._closed:  # fast path: one copy, no scratch buffer
-            if n >= available:
-                n = available
-                p._start = p._end = 0
-            else:
-                p._start = start + n
-            return bytes(p._view[start : start + n])
-        return super().read(n)
+        while True:
+            if self._closed:
+                raise ClosedResourceError("read from a connection after close()")
+            start = p._start
+            available = p._end - start
+            if available:
+                if n >= available:
+                    n = available
+                    p._start = p._end = 0
+                else:
+                    p._start = start + n
+                data = bytes(p._view[start : start + n])
+                if p._read_paused:
+                    self._maybe_resume_reading()
+                return data
+            if n == 0 or not self._wait_for_input():
+                return b""
+
+    def _wait_for_input(self) -> bool:
+        """Nothing is buffered: False at end of input, else park until the protocol says there
+        may be more (True: look again). Raises the connection's error."""
+        p = self._protocol
+        if p._drop_input or p._eof:
+            return False
+        if p._lost:
+            if p._error is not None:
+                raise _connection_error(p._error)
+            return False
+        if p._reader is not None:
+            raise RuntimeError("another fiber is already reading from this connection")
+        waiter = p._reader = Waiter()
+        try:
+            waiter.wait()
+        finally:
+            if p._reader is waiter:
+                p._reader = None
+        return True
+
+    def _maybe_resume_reading(self) -> None:
+        p = self._protocol
+        if p._end - p._start <= RECEIVE_BUFFER_SIZE // 2:
+            p._read_paused = False
+            if not p._lost:
+                self._transport.resume_reading()
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -623,3 +623,63 @@ def test_accept_fork_with_a_switch() -> None:
             with net.connect(*listener.address) as conn:
                 conn.write(b"forked")
                 assert flow.read_exact(conn, 6) == b"forked"
+
+
+def test_run_server_stops_on_a_promise() -> None:
+    Promise = pytest.importorskip("greenbridge._sync").Promise
+    stop = Promise()
+    with net.listen(HOST, 0) as listener:
+        server = asyncio.ensure_future(gb.spawn_green(net.run_server, listener, echo, stop=stop))
+        with net.connect(*listener.address) as conn:
+            conn.write(b"p")
+            assert conn.read() == b"p"
+        stop.resolve(None)
+        assert gb.await_from_green(server) is None
+
+
+def test_bufreader_over_a_connection_guards_against_endless_lines() -> None:
+    """An untrusted peer that never ends its line: BufferLimitExceeded, memory bounded."""
+
+    def handler(conn: net.Connection, addr: Any) -> None:
+        try:
+            while True:
+                conn.write(b"x" * 65536)
+        except (ConnectionError, gb.ClosedResourceError):
+            pass
+
+    with net.listen(HOST, 0) as listener, serving(listener, handler):
+        with net.connect(*listener.address) as conn:
+            reader = gb.BufReader(conn, max_size=100_000)
+            with pytest.raises(gb.BufferLimitExceeded):
+                reader.line()
+            assert reader.buffered() <= 100_000
+            conn.abort()
+
+
+def test_bufreader_parses_a_request_then_copies_the_body() -> None:
+    def handler(conn: net.Connection, addr: Any) -> None:
+        reader = gb.BufReader(conn, max_size=4096)
+        headers = {}
+        request_line = reader.line()
+        while line := reader.line():
+            name, _, value = line.partition(b": ")
+            headers[name] = value
+        body = reader.take(int(headers[b"Content-Length"]))
+        with gb.BufWriter(conn) as writer:
+            writer.write(request_line + b"\r\n")
+            writer.write(body[::-1])
+
+    with net.listen(HOST, 0) as listener, serving(listener, handler, on_error=_raise):
+        with net.connect(*listener.address) as conn:
+            conn.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            conn.shutdown("send")
+            assert conn.readall() == b"POST /echo HTTP/1.1\r\nolleh"
+
+
+def test_udp_error_reaches_recv() -> None:
+    with net.datagram_socket(local_addr=(HOST, 0)) as gone:
+        address = gone.address
+    with net.datagram_socket(remote_addr=address) as client:
+        client.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError):
+            client.recv()
