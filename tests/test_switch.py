@@ -504,3 +504,22 @@ def test_task_group_around_green_switches(run_async: Run) -> None:
         assert [type(e) for e in info.value.exceptions] == [Boom]
 
     run_async(main)
+
+
+def test_switch_entered_right_after_a_direct_resumption_uses_its_own_task(run_green: Run) -> None:
+    """A fiber woken straight from a loop callback runs outside its Task's step; a switch it
+    enters must still cancel the right Task (its own) when a fiber fails."""
+
+    def main() -> str:
+        event = gb.Event()
+        asyncio.get_running_loop().call_soon(event.set)
+        event.wait()  # resumed directly by the callback
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fork(raise_boom)
+                forever()
+        fiber.check()
+        gb.sleep(0)
+        return "ok"
+
+    assert run_green(main) == "ok"
