@@ -797,3 +797,46 @@ def test_idle_fibers_do_not_keep_results_or_contexts_alive(run_async: Run) -> No
     run_async(main)
     gc.collect()
     assert refs[0]() is None
+
+
+def test_fibers_are_pooled_and_bounded(run_async: Run) -> None:
+    def green(i: int) -> int:
+        gb.sleep(0)
+        return i
+
+    async def main() -> tuple[int, int, int]:
+        # sequential calls reuse one fiber
+        for i in range(10):
+            assert await gb.spawn_green(green, i) == i
+        after_sequential = len(_core._idle_fibers())
+        # a burst leaves at most the pool's bound behind
+        results = await asyncio.gather(*(gb.spawn_green(green, i) for i in range(_core._POOL_MAX + 50)))
+        assert results == list(range(_core._POOL_MAX + 50))
+        return after_sequential, len(_core._idle_fibers()), len(_core._live_fibers())
+
+    after_sequential, after_burst, live = run_async(main)
+    assert after_sequential == 1
+    assert after_burst == _core._POOL_MAX
+    assert live == 0
+    _core._drain_pool()
+
+
+def test_runs_in_several_threads_at_once(gb_backend: str) -> None:
+    barrier = threading.Barrier(3)
+
+    def green(name: str) -> str:
+        gb.sleep(0)
+        gb.run_in_thread(barrier.wait, 10)  # all three loops are running at the same time
+        return gb.await_from_green(ready(name))
+
+    results: dict[str, str] = {}
+
+    def thread_main(name: str) -> None:
+        results[name] = gb.run(green, name, backend=gb_backend)
+
+    threads = [threading.Thread(target=thread_main, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {"t0": "t0", "t1": "t1", "t2": "t2"}
