@@ -347,3 +347,62 @@ def test_awaiting_a_task_from_green_and_being_cancelled_cancels_it(run_green: Ru
         return task.cancelled()
 
     assert run_green(main) is True
+
+
+# -- a fiber that swallows CancelledError behaves as a coroutine that does ------------------------
+
+
+def test_swallowed_cancellation_matches_native_asyncio(run_async: Run) -> None:
+    """Under asyncio.timeout and in a TaskGroup, green code that catches CancelledError and
+    carries on is observed exactly like a native coroutine doing the same."""
+
+    def green_swallower() -> str:
+        try:
+            fiber.await_cancel()
+        except asyncio.CancelledError:
+            pass
+        gb.sleep(0)
+        return "carried on"
+
+    async def native_swallower() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(0)
+        return "carried on"
+
+    async def under_timeout(make: Callable[[], Any]) -> tuple[Any, ...]:
+        async with asyncio.timeout(0.001) as cm:
+            result = await make()
+        task = asyncio.current_task()
+        assert task is not None
+        # Then a second timeout in the same Task must still work.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.001):
+                await asyncio.Event().wait()
+        return result, cm.expired(), task.cancelling()
+
+    async def in_task_group(make: Callable[[], Any]) -> list[Any]:
+        results: list[Any] = []
+
+        async def failing() -> None:
+            await asyncio.sleep(0.001)
+            raise Boom()
+
+        async def child() -> None:
+            results.append(await make())
+
+        with pytest.raises(ExceptionGroup) as info:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(child())
+                tg.create_task(failing())
+        return [*results, [type(e) for e in info.value.exceptions]]
+
+    async def main() -> None:
+        green = lambda: gb.spawn_green(green_swallower)  # noqa: E731
+        assert await under_timeout(green) == await under_timeout(native_swallower)
+        assert await in_task_group(green) == await in_task_group(native_swallower)
+        assert await in_task_group(green) == ["carried on", [Boom]]
+
+    run_async(main)
