@@ -523,3 +523,37 @@ def test_switch_entered_right_after_a_direct_resumption_uses_its_own_task(run_gr
         return "ok"
 
     assert run_green(main) == "ok"
+
+
+def test_fork_from_asyncio_code_onto_an_open_switch(run_green: Run) -> None:
+    """fork never suspends, so a coroutine or a loop callback may fork onto an open switch."""
+    record: list[str] = []
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            asyncio.get_running_loop().call_soon(sw.fork, record.append, "forked from a callback")
+            gb.sleep(0)
+            gb.sleep(0)
+
+    run_green(main)
+    assert record == ["forked from a callback"]
+
+
+def test_switch_bookkeeping_is_empty_after_many_switches(run_green: Run) -> None:
+    from greenbridge import _switch
+
+    def main() -> None:
+        for i in range(200):
+            try:
+                with gb.Switch() as sw:
+                    sw.fork(fiber.yield_)
+                    sw.fork_daemon(forever)
+                    if i % 2:
+                        sw.fork(raise_boom)
+                    sw.on_release(lambda: None)
+            except Boom:
+                pass
+
+    run_green(main)
+    assert _switch._fiber_switch == {}
+    assert _switch._open_switches == {}
