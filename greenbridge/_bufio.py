@@ -5,8 +5,9 @@ more than ``max_size`` bytes: a request that would need more raises ``BufferLimi
 instead of letting an untrusted peer grow memory without bound. ``BufWriter`` batches small
 writes into one ``write`` on the underlying sink.
 
-Invariant of ``BufReader``: the unconsumed input is ``_buf[_pos:]`` and
-``len(_buf) - _pos <= max_size`` at all times (consumed bytes are dropped before reading more).
+Invariant of ``BufReader``: the unconsumed input is ``_buf[_pos:]`` followed by ``_probe`` (at
+most one byte), and ``len(_buf) <= max_size`` at all times (consumed bytes are dropped before
+reading more).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class BufReader(Source):
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        # At most one byte read past max_size to tell "more input" from "end of input"; it
+        # comes before anything read from src later.
+        self._probe = b""
 
     @property
     def max_size(self) -> int:
@@ -63,24 +67,31 @@ class BufReader(Source):
         """Read more input into the buffer; False at end of input.
 
         Raises ``BufferLimitExceeded`` when the buffer already holds ``max_size`` bytes and the
-        input goes on (the one byte read to find out is dropped with the failed request).
+        input goes on. Finding that out takes reading one byte past ``max_size``: that byte is
+        kept aside (``_probe``), not dropped, so a refused request consumes nothing.
         """
+        self._check_open()
         if self._eof:
             return False
-        self._check_open()
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
         room = self._max_size - len(self._buf)
         if room <= 0:
-            # Full: input that ends right here still fits. Probe with a single byte.
-            if not self._src.read(1):
-                self._eof = True
-                return False
+            if not self._probe:
+                probe = self._src.read(1)
+                if not probe:
+                    self._eof = True
+                    return False
+                self._probe = probe
             raise BufferLimitExceeded(
                 f"more than max_size={self._max_size} bytes would have to be buffered; "
                 f"raise BufReader(max_size=...) if the input is trusted"
             )
+        if self._probe:
+            self._buf += self._probe
+            self._probe = b""
+            return True
         data = self._src.read(min(room, DEFAULT_CHUNK))
         if not data:
             self._eof = True
@@ -200,6 +211,10 @@ class BufReader(Source):
             out[:n] = self._buf[self._pos : self._pos + n]
             self._consume(n)
             return n
+        if self._probe and out:
+            out[0] = self._probe[0]
+            self._probe = b""
+            return 1
         if self._eof:
             return 0
         n = self._src.read_into(out)
@@ -211,6 +226,7 @@ class BufReader(Source):
         """Close this reader, dropping buffered bytes; ``src`` stays open. Does not suspend."""
         self._buf.clear()
         self._pos = 0
+        self._probe = b""
         super().close()
 
 

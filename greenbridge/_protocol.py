@@ -39,6 +39,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 from typing import TYPE_CHECKING, Any, cast
@@ -239,12 +240,24 @@ class Connection(TwoWay):
                 if p._read_paused:
                     self._maybe_resume_reading()
                 return data
-            if n == 0 or not self._wait_for_input():
+            if n == 0:
                 return b""
+            if p._drop_input or p._eof or p._lost or p._reader is not None:
+                if not self._wait_for_input():
+                    return b""
+                continue
+            # _wait_for_input inlined: this is the path of every read that waits.
+            waiter = p._reader = Waiter()
+            try:
+                waiter.wait()
+            finally:
+                if p._reader is waiter:
+                    p._reader = None
 
     def _wait_for_input(self) -> bool:
         """Nothing is buffered: False at end of input, else park until the protocol says there
-        may be more (True: look again). Raises the connection's error."""
+        may be more (True: look again). Raises the connection's error and ``RuntimeError`` when
+        another fiber is already reading."""
         p = self._protocol
         if p._drop_input or p._eof:
             return False
@@ -284,13 +297,16 @@ class Connection(TwoWay):
             self._check_open()
             raise ClosedResourceError("write to a connection after shutdown('send')")
         p = self._protocol
-        if p._lost:
-            raise _connection_error(p._error) if p._error is not None else BrokenPipeError(
-                "write to a connection the peer closed"
-            )
+        transport = self._transport
+        if p._lost or transport.is_closing():
+            raise self._broken()
         if type(data) is not bytes:
             data = bytes(data)  # the transport may keep a reference to what it is given
-        self._transport.write(data)
+        transport.write(data)
+        if transport.is_closing():
+            # The send failed (the peer reset or closed): the transport dropped the bytes and
+            # will report connection_lost at the next loop iteration. Say so now.
+            raise self._broken()
         while p._write_paused:
             waiter = Waiter()
             p._drainers.append(waiter)
@@ -305,6 +321,13 @@ class Connection(TwoWay):
             if p._lost and p._error is not None:
                 raise _connection_error(p._error)
         return len(data)
+
+    def _broken(self) -> BaseException:
+        """The error for a write to a connection that is gone (not closed by us)."""
+        error = self._protocol._error
+        if error is not None:
+            return _connection_error(error)
+        return BrokenPipeError(errno.EPIPE, "the connection is gone: the peer closed or reset it")
 
     def writelines(self, lines: Any, /) -> None:
         for line in lines:
