@@ -159,7 +159,8 @@ class Switch:
 
         Its exception fails the switch. Never suspends. Forking on a failing switch creates a
         fiber that is cancelled at its first suspension point. Raises ``SwitchFinishedError``
-        once the switch's body and fibers have finished, ``RuntimeError`` before it is entered.
+        once the switch's body and fibers have finished, ``RuntimeError`` before it is entered,
+        ``TypeError`` at once when ``fn`` is not callable.
         """
         self._fork(fn, args, False, None, None)
 
@@ -188,6 +189,8 @@ class Switch:
         state = self._state
         if state != _OPEN and state != _EXITING:
             self._refuse("fork a fiber on")
+        if not callable(fn):
+            raise TypeError(f"Switch.fork() needs a callable, got {type(fn).__name__!r}")
         child = _Child(daemon, promise, on_value)
         assert self._loop is not None
         child.task = self._loop.create_task(spawn_green(self._run_child, child, fn, args))
@@ -208,6 +211,10 @@ class Switch:
                 assert child.task is not None
                 child.task.cancel()  # delivered at fn's first suspension point
             value = fn(*args)
+            if child.promise is not None:
+                child.promise.resolve(value)
+            elif child.on_value is not None:
+                child.on_value(child, value)  # its own error (a combine function's) fails the switch
         except asyncio.CancelledError as exc:
             # A cancelled fiber is not a failure of the switch (as in a TaskGroup).
             if child.promise is not None:
@@ -219,11 +226,6 @@ class Switch:
                 child.promise.reject(exc)
             else:
                 self._record_failure(exc)
-        else:
-            if child.promise is not None:
-                child.promise.resolve(value)
-            elif child.on_value is not None:
-                child.on_value(child, value)
         finally:
             del _fiber_switch[me]
             self._child_finished(child)

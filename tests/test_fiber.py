@@ -406,3 +406,14 @@ def test_swallowed_cancellation_matches_native_asyncio(run_async: Run) -> None:
         assert await in_task_group(green) == ["carried on", [Boom]]
 
     run_async(main)
+
+
+def test_a_failing_combine_fails_the_race(run_green: Run) -> None:
+    def bad_combine(a: int, b: int) -> int:
+        raise Boom("combine")
+
+    def main() -> None:
+        with pytest.raises(Boom, match="combine"):
+            fiber.any([lambda: 1, lambda: 2], combine=bad_combine)
+
+    run_green(main)

@@ -390,6 +390,9 @@ def test_using_a_finished_switch_raises(run_green: Run) -> None:
         with pytest.raises(RuntimeError, match="already entered"):
             with sw:
                 pass
+        with gb.Switch() as open_switch:
+            with pytest.raises(TypeError, match="callable"):
+                open_switch.fork("not callable")  # type: ignore[arg-type]
 
     run_green(main)
     assert released == ["run anyway"]  # a late release hook still runs: no leak
