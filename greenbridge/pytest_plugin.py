@@ -1,77 +1,227 @@
 """pytest plugin (registered through the ``pytest11`` entry point as ``greenbridge``).
 
-* ``--greenbridge-backend=asyncio|uvloop`` (or the ``GREENBRIDGE_BACKEND`` environment variable)
-  picks the event loop every greenbridge fixture and green test runs on.
-* ``@pytest.mark.green`` runs a plain ``def`` test in a green fiber on a fresh loop (in asyncio
-  debug mode) through ``gb.run``; the test fails if it leaves fibers running.
-* Fixtures: ``gb_backend`` (the backend name), ``run_green(fn, *args, **kwargs)`` (``gb.run`` on
-  that backend in debug mode), ``run_async(coro_fn, *args)`` (a coroutine function on a fresh
-  loop of that backend, in debug mode).
+Tests
+-----
+* ``@pytest.mark.green`` runs a plain ``def`` test in a green fiber on a fresh event loop, in
+  asyncio's debug mode, through ``gb.run``; fixtures are set up outside the loop, as for any
+  test. Works on functions, classes (``pytestmark`` on the class) and whole modules.
+* A test fails when it leaves green fibers alive after its loop closed (a fiber leak): the
+  failure lists each leaked fiber with the frames where it is suspended, and the leaked fibers
+  are then killed so that the tests after it start clean.
+
+The backend
+-----------
+``--greenbridge-backend`` picks the event loop: ``asyncio``, ``uvloop``, or several --
+``asyncio,uvloop`` or ``all`` -- to run every greenbridge test once per backend in the same
+session (the tests are parametrized, with ids such as ``test_x[uvloop]``). Default, in order:
+the option, the ``GREENBRIDGE_BACKEND`` environment variable, the ``greenbridge_backend`` ini
+setting, ``asyncio``. A single test can pin its backend with
+``@pytest.mark.parametrize("gb_backend", ["uvloop"])``.
+
+Fixtures
+--------
+* ``gb_backend`` -- the backend this test runs on: ``"asyncio"`` or ``"uvloop"``.
+* ``run_green(fn, *args, **kwargs)`` -- ``gb.run`` on that backend, in debug mode; returns the
+  result.
+* ``run_async(coro_fn, *args)`` -- runs a coroutine function on a fresh loop of that backend,
+  in debug mode; returns the result.
+
+Both fixtures check for fiber leaks when the test ends (a leak is then an error at teardown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from greenlet import GreenletExit, greenlet
 
 from ._core import _live_fibers, _loop_factory, run
+
+__all__ = ("BACKENDS",)
 
 T = TypeVar("T")
 
 BACKENDS = ("asyncio", "uvloop")
 
+_OPTION = "--greenbridge-backend"
+_ENV = "GREENBRIDGE_BACKEND"
+_INI = "greenbridge_backend"
+
+_LEAK_HINT = (
+    "A fiber outlives its event loop when something still references it after the loop closed: "
+    "a spawn_green() coroutine stepped by hand and kept, or a greenlet switched into from outside "
+    "its Task. Await every spawn_green() to its end (or run fibers on a gb.Switch, which waits "
+    "for them). The leaked fibers have been killed (GreenletExit) so that later tests start clean."
+)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("greenbridge")
     group.addoption(
-        "--greenbridge-backend",
-        choices=BACKENDS,
-        default=os.environ.get("GREENBRIDGE_BACKEND", "asyncio"),
-        help="event loop for greenbridge fixtures and @pytest.mark.green tests (default: asyncio)",
+        _OPTION,
+        metavar="BACKENDS",
+        default=None,
+        help=(
+            "event loop(s) for greenbridge fixtures and @pytest.mark.green tests: asyncio, uvloop, "
+            f"a comma-separated list, or 'all' (default: ${_ENV}, else the {_INI} ini value, "
+            "else asyncio)"
+        ),
     )
+    parser.addini(_INI, "default event loop(s) for greenbridge tests (see --greenbridge-backend)")
+
+
+def _parse_backends(value: str, source: str) -> tuple[str, ...]:
+    if value.strip() == "all":
+        return BACKENDS
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in BACKENDS]
+    if not names or unknown:
+        raise pytest.UsageError(
+            f"{source}: expected asyncio, uvloop, a comma-separated list of them or 'all', "
+            f"got {value!r}"
+        )
+    if "uvloop" in names and importlib.util.find_spec("uvloop") is None:
+        raise pytest.UsageError(f"{source} asks for uvloop, which is not installed: pip install uvloop")
+    return names
+
+
+def _configured_backends(config: pytest.Config) -> tuple[str, ...]:
+    """The backends the session runs on, decided once per session."""
+    cached: tuple[str, ...] | None = getattr(config, "_greenbridge_backends", None)
+    if cached is not None:
+        return cached
+    option = config.getoption(_OPTION)
+    if option is not None:
+        backends = _parse_backends(option, _OPTION)
+    elif os.environ.get(_ENV):
+        backends = _parse_backends(os.environ[_ENV], f"${_ENV}")
+    elif config.getini(_INI):
+        backends = _parse_backends(str(config.getini(_INI)), f"ini setting {_INI}")
+    else:
+        backends = ("asyncio",)
+    config._greenbridge_backends = backends  # type: ignore[attr-defined]
+    return backends
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "green: run this plain def test in a green fiber on a fresh event loop (greenbridge)"
     )
+    _configured_backends(config)  # a bad value is a usage error before collection
 
 
-def _backend(config: pytest.Config) -> str:
-    return str(config.getoption("--greenbridge-backend"))
+def pytest_report_header(config: pytest.Config) -> str:
+    return "greenbridge backends: " + ", ".join(_configured_backends(config))
+
+
+def _is_green(collector: pytest.Collector, obj: object) -> bool:
+    own = getattr(obj, "pytestmark", ())
+    return collector.get_closest_marker("green") is not None or any(m.name == "green" for m in own)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    # A green test needs the gb_backend fixture (so that it can be parametrized per backend)
+    # even when it does not ask for it; add it before pytest computes the fixture closure.
+    if isinstance(collector, (pytest.Module, pytest.Class)) and collector.istestfunction(obj, name):
+        if _is_green(collector, obj):
+            pytest.mark.usefixtures("gb_backend")(obj)
+
+
+def _parametrized_by_user(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(names, str):
+            names = [part.strip() for part in names.split(",")]
+        if "gb_backend" in names:
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = _configured_backends(metafunc.config)
+    if len(backends) > 1 and "gb_backend" in metafunc.fixturenames and not _parametrized_by_user(metafunc):
+        metafunc.parametrize("gb_backend", backends, indirect=True, ids=backends)
 
 
 @pytest.fixture
 def gb_backend(request: pytest.FixtureRequest) -> str:
-    """The event loop backend the suite runs on: "asyncio" or "uvloop"."""
-    return _backend(request.config)
+    """The event loop backend this test runs on: "asyncio" or "uvloop"."""
+    param: str | None = getattr(request, "param", None)
+    return param if param is not None else _configured_backends(request.config)[0]
 
 
-def _check_no_fibers_left(what: str) -> None:
-    left = _live_fibers()
-    if left:
-        raise AssertionError(f"{what} left {len(left)} green fiber(s) running: {left!r}")
+# -- fiber leaks -----------------------------------------------------------------------------------
+
+
+def _fiber_ids() -> set[int]:
+    return {id(fiber) for fiber in _live_fibers()}
+
+
+def _describe(number: int, fiber: greenlet) -> str:
+    from ._diagnostics import _user_frames  # imported late: diagnostics pulls in the switch
+
+    lines = [f"  fiber {number}, suspended at:"]
+    frames = _user_frames(fiber)
+    if not frames:
+        lines.append("    (no frames outside greenbridge)")
+    for frame in frames:
+        code = frame.f_code
+        lines.append(f'    File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+    return "\n".join(lines)
+
+
+def _kill(fibers: list[greenlet]) -> None:
+    for fiber in fibers:
+        try:
+            fiber.throw(GreenletExit)
+        except BaseException:  # best effort: a dying fiber may raise anything
+            pass
+
+
+def _leaked(before: set[int]) -> list[greenlet]:
+    return [fiber for fiber in _live_fibers() if id(fiber) not in before]
+
+
+def _check_no_fiber_leak(before: set[int], what: str) -> None:
+    """Fail (``pytest.fail``) when fibers not alive at ``before`` are alive now; kill them."""
+    leaked = _leaked(before)
+    if not leaked:
+        return
+    report = "\n".join(_describe(number, fiber) for number, fiber in enumerate(leaked, 1))
+    _kill(leaked)
+    pytest.fail(
+        f"{what} leaked {len(leaked)} green fiber(s): still alive after the event loop closed\n"
+        f"{report}\n{_LEAK_HINT}",
+        pytrace=False,
+    )
 
 
 @pytest.fixture
 def run_green(gb_backend: str) -> Iterator[Callable[..., Any]]:
-    """``run_green(fn, *args, **kwargs)``: ``gb.run`` on the selected backend, debug mode on."""
+    """``run_green(fn, *args, **kwargs)``: ``gb.run`` on the selected backend, debug mode on.
+
+    Fails the test at teardown when a green fiber is left alive (see the module docstring)."""
+    before = _fiber_ids()
 
     def runner(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return run(fn, *args, backend=gb_backend, debug=True, **kwargs)
 
     yield runner
-    _check_no_fibers_left("the test")
+    _check_no_fiber_leak(before, "the test")
 
 
 @pytest.fixture
 def run_async(gb_backend: str) -> Iterator[Callable[..., Any]]:
     """``run_async(coro_fn, *args)``: run a coroutine function on a fresh loop of the selected
-    backend in debug mode, and return its result."""
+    backend in debug mode, and return its result. Fails the test at teardown when a green fiber
+    is left alive."""
+    before = _fiber_ids()
 
     def runner(coro_fn: Callable[..., Awaitable[T]], /, *args: Any) -> T:
         async def main() -> T:
@@ -81,7 +231,7 @@ def run_async(gb_backend: str) -> Iterator[Callable[..., Any]]:
             return r.run(main())
 
     yield runner
-    _check_no_fibers_left("the test")
+    _check_no_fiber_leak(before, "the test")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -90,9 +240,18 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     test = pyfuncitem.obj
     if asyncio.iscoroutinefunction(test):
-        raise TypeError("@pytest.mark.green is for plain def tests; this one is async def")
-    names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    run(test, backend=_backend(pyfuncitem.config), debug=True, **kwargs)
-    _check_no_fibers_left(pyfuncitem.name)
+        pytest.fail(
+            f"@pytest.mark.green is for plain def tests, and {pyfuncitem.name} is async def: "
+            f"drop the marker (and use an async test plugin), or make the test a plain def",
+            pytrace=False,
+        )
+    backend = pyfuncitem.funcargs.get("gb_backend") or _configured_backends(pyfuncitem.config)[0]
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    before = _fiber_ids()
+    try:
+        run(test, backend=str(backend), debug=True, **kwargs)
+    except BaseException:
+        _kill(_leaked(before))  # the test's own failure is the one worth reporting
+        raise
+    _check_no_fiber_leak(before, pyfuncitem.name)
     return True
