@@ -173,6 +173,10 @@ class Connection(TwoWay):
 
     Made by ``net.connect``, ``net.connect_unix`` and ``Listener.accept``. One fiber may read
     while others write. Close it (``close()`` or ``with``) when done.
+
+    As an ``io.RawIOBase`` it can be wrapped: ``io.TextIOWrapper(io.BufferedReader(conn))``.
+    Those wrappers own what they wrap -- closing (or collecting) them closes the connection;
+    ``wrapper.detach()`` (twice for a text wrapper) hands it back.
     """
 
     def __init__(self, transport: asyncio.Transport, protocol: _ConnProtocol) -> None:
