@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -157,3 +158,24 @@ def test_porting_step0_asyncio(run_async: Run, capsys: pytest.CaptureFixture[str
 def test_porting_steps(step: str, run_green: Run, capsys: pytest.CaptureFixture[str]) -> None:
     run_green(load(f"porting/{step}").main)
     assert capsys.readouterr().out == "Client got: b'Hello\\n'\n"
+
+
+# -- the README ----------------------------------------------------------------------------------------
+
+
+def test_readme_example(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```$", readme, re.DOTALL | re.MULTILINE)
+    assert len(blocks) == 1
+    assert len([line for line in blocks[0].splitlines() if line.strip()]) <= 16
+    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out == "b'ping'\n"
+
+
+def test_readme_keeps_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "    python3 -m pip install -e '.[uvloop]' && python3 examples/demo.py\n" in readme
+    assert "    python3 -m pip install -q tox && python3 -m tox\n" in readme
+    for link in ("docs/porting.md", "greenbridge/_core.py", "benchmarks/RESULTS.md"):
+        assert f"]({link})" in readme
+        assert (ROOT / link).exists() or link == "benchmarks/RESULTS.md"
