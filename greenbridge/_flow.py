@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import io
 import types
 from typing import TYPE_CHECKING, Literal
@@ -249,6 +250,13 @@ class _ReaderSource(Source):
         out[:n] = data
         return n
 
+    def read(self, n: int = DEFAULT_CHUNK) -> bytes:
+        """``reader.read(n)`` awaited (no scratch buffer); ``b""`` at end of input."""
+        self._check_open()
+        if n < 0:
+            return self.readall()
+        return await_from_green(self._reader.read(n))
+
 
 def source_of_reader(reader: asyncio.StreamReader) -> Source:
     """A ``Source`` over an ``asyncio.StreamReader``, for code in transition.
@@ -271,9 +279,19 @@ class _WriterSink(Sink):
         self._check_open()
         if type(data) is not bytes:
             data = bytes(data)  # the transport may keep what it is given
-        self._writer.write(data)
-        # drain() returns at once unless the transport paused us (or the connection broke).
-        await_from_green(self._writer.drain())
+        writer = self._writer
+        transport = writer.transport
+        if transport.is_closing():
+            # Gone (uvloop would raise RuntimeError from write): drain() raises the
+            # connection's error once connection_lost has run.
+            await_from_green(writer.drain())
+            raise BrokenPipeError(errno.EPIPE, "write to a stream whose connection is closing")
+        writer.write(data)
+        # drain() returns at once unless the transport paused us or the connection broke;
+        # skip creating and stepping its coroutine in that common case (``_paused`` is the
+        # flow-control flag of asyncio's stream protocol; unknown protocols always drain).
+        if transport.is_closing() or getattr(transport.get_protocol(), "_paused", True):
+            await_from_green(writer.drain())
         return len(data)
 
     def close(self) -> None:
@@ -286,7 +304,8 @@ class _WriterSink(Sink):
 def sink_of_writer(writer: asyncio.StreamWriter) -> Sink:
     """A ``Sink`` over an ``asyncio.StreamWriter``, for code in transition.
 
-    ``write`` writes and then awaits ``writer.drain()``, so backpressure blocks the fiber (a
-    cancellation point). ``close()`` closes the writer without waiting.
+    ``write`` writes and then awaits ``writer.drain()`` when the transport asks for it, so
+    backpressure blocks the fiber (a cancellation point). A write to a connection that is gone
+    raises the ``ConnectionError`` family. ``close()`` closes the writer without waiting.
     """
     return _WriterSink(writer)

@@ -155,3 +155,28 @@ def test_sink_of_writer_honours_backpressure() -> None:
 def _blocked_in_drain(writer: asyncio.StreamWriter) -> bool:
     protocol: Any = writer.transport.get_protocol()
     return bool(protocol._paused)
+
+
+@pytest.mark.green
+def test_sink_of_writer_raises_once_the_connection_is_gone() -> None:
+    import socket
+    import struct
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset for the client
+
+    server = gb.await_from_green(asyncio.start_server(serve, "127.0.0.1", 0))
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = gb.await_from_green(asyncio.open_connection("127.0.0.1", port))
+        with pytest.raises(ConnectionResetError):
+            flow.source_of_reader(reader).read()  # the reader's own error comes through
+        sink = flow.sink_of_writer(writer)
+        with pytest.raises(ConnectionError):
+            sink.write(b"into the void")
+        sink.close()
+    finally:
+        server.close()
+        gb.await_from_green(server.wait_closed())
