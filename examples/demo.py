@@ -59,12 +59,10 @@ def main(backend: str) -> None:
         print(f"  {CLIENTS} green clients, 100 at a time: all echoed in {time.perf_counter() - t0:.2f} s")
 
         with net.connect("127.0.0.1", port) as silent:  # nothing sent: the echo never comes
-            t0 = time.perf_counter()
             try:
                 gb.with_timeout(0.1, silent.read, 100)
             except TimeoutError:
-                waited = time.perf_counter() - t0
-                print(f"  a read that gets no reply is cut short after {waited:.1f} s: TimeoutError")
+                print("  a read that gets no reply, under gb.with_timeout(0.1, ...): TimeoutError")
 
         stop.resolve(None)  # run_server finishes its connections and returns; the switch closes
     print(f"server stopped, every fiber finished; {time.perf_counter() - started:.2f} s in all")

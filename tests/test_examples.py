@@ -42,7 +42,7 @@ def check_demo_output(out: str, backend: str) -> None:
     assert lines[1] == "  green client   <- 'hello from plain def code'"
     assert lines[2] == "  asyncio client <- 'hello from an asyncio coroutine'"
     assert lines[3].startswith("  1000 green clients, 100 at a time: all echoed in ")
-    assert lines[4] == "  a read that gets no reply is cut short after 0.1 s: TimeoutError"
+    assert lines[4] == "  a read that gets no reply, under gb.with_timeout(0.1, ...): TimeoutError"
     assert lines[5].startswith("server stopped, every fiber finished; ")
     assert len(lines) == 6
 
