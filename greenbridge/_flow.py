@@ -151,9 +151,15 @@ def copy(src: Source, dst: Sink) -> int:
     Suspends while waiting for input and under backpressure (a cancellation point). Raises
     whatever ``src.read_into`` or ``dst.write`` raise.
     """
+    total = 0
+    if type(src).read is not Source.read:
+        # The source has its own read() (a connection: one copy out of its receive buffer).
+        while data := src.read(DEFAULT_CHUNK):
+            dst.write(data)
+            total += len(data)
+        return total
     buf = bytearray(DEFAULT_CHUNK)
     view = memoryview(buf)
-    total = 0
     while got := src.read_into(buf):
         # bytes(): a sink may keep a reference to what it is given (a transport's send buffer),
         # and ``buf`` is reused by the next read.
