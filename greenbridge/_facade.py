@@ -19,6 +19,8 @@ that adapter for any object, by one rule applied everywhere:
 * **Errors.** An exception keeps its type (``except sqlite3.OperationalError`` still works) and
   gets a note naming the wrapped call, e.g. ``greenbridge façade: raised by Cursor.execute()``.
 
+The guide, with executed examples, is docs/facades.md.
+
 Rejected design: deciding "is this a coroutine method" from ``inspect.iscoroutinefunction`` on
 the attribute alone. Drivers wrap their coroutine methods (aiosqlite's ``execute`` is a plain
 function returning an awaitable ``Result``), so the result is what decides.
