@@ -3,7 +3,9 @@
 Each server runs in a process of its own; one load process (uvloop, raw Protocols: the cheapest
 client there is) keeps ``--connections`` connections doing request/response ping-pong of
 ``--size`` bytes, and counts round trips per second after a warm-up. On a machine with at least
-two cores the server and the load are pinned to different cores.
+two cores the server and the load are pinned to different cores. Every configuration is measured
+``--rounds`` times, interleaved, and the median reported; beside throughput, the server's CPU
+time per round trip (Linux, from /proc), which a busy shared machine disturbs much less.
 
 Servers (each on the asyncio loop and on uvloop, except gevent which has its own):
 
@@ -13,7 +15,7 @@ Servers (each on the asyncio loop and on uvloop, except gevent which has its own
   gb-run_server  greenbridge: net.listen + net.run_server, conn.read / conn.write
   gb-adapters    greenbridge over asyncio streams: flow.source_of_reader / sink_of_writer
 
-    python benchmarks/bench_echo.py                      # everything, about a minute
+    python benchmarks/bench_echo.py                      # everything, about two minutes
     python benchmarks/bench_echo.py --duration 5 --output results.md
     python benchmarks/bench_echo.py --servers gb-run_server,streams --loops uvloop
 
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +49,7 @@ def _new_loop(loop_name: str) -> asyncio.AbstractEventLoop:
     if loop_name == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 
@@ -197,7 +200,7 @@ def run_load(port: int, connections: int, size: int, warmup: float, duration: fl
         for transport in transports:
             transport.close()
         await asyncio.sleep(0.05)
-        return {"round_trips": end_count - start_count, "seconds": end - start}
+        return {"round_trips": end_count - start_count, "seconds": end - start, "total": count[0]}
 
     result = uvloop.run(main())
     result["rps"] = result["round_trips"] / result["seconds"]
@@ -211,6 +214,16 @@ def _pin(pid: int, cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, {cpu})
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(server: str, loop_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -231,13 +244,19 @@ def measure(server: str, loop_name: str, args: argparse.Namespace) -> dict[str, 
             "--warmup", str(args.warmup), "--duration", str(args.duration),
         ]  # fmt: skip
         budget = args.warmup + args.duration + 30
+        cpu_before = _cpu_seconds(proc.pid)
         load_proc = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
         if args.pin:
             _pin(load_proc.pid, 1)
         out, _ = load_proc.communicate(timeout=budget)
+        cpu_after = _cpu_seconds(proc.pid)
         if load_proc.returncode:
             raise RuntimeError(f"load process failed ({load_proc.returncode})")
-        return dict(json.loads(out))
+        figures = dict(json.loads(out))
+        if cpu_before is not None and cpu_after is not None and figures["total"]:
+            # Server CPU per round trip: steadier than throughput on a shared machine.
+            figures["cpu_us"] = (cpu_after - cpu_before) / figures["total"] * 1e6
+        return figures
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -251,25 +270,39 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
-def report(results: dict[tuple[str, str], float], args: argparse.Namespace) -> str:
+Results = dict[tuple[str, str], dict[str, float]]
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
     lines = [
-        f"Echo, {args.connections} connections, {args.size} B ping-pong, {args.duration:g} s per server "
-        f"(after {args.warmup:g} s warm-up); round trips per second",
+        f"Echo, {args.connections} connections, {args.size} B ping-pong, {args.duration:g} s per "
+        f"server after {args.warmup:g} s warm-up, median of {args.rounds} interleaved round(s)",
         "",
-        "| server | loop | round trips/s |",
-        "|---|---|---:|",
+        "| server | loop | round trips/s | best | server CPU us/round trip |",
+        "|---|---|---:|---:|---:|",
     ]
-    for (server, loop_name), rps in results.items():
-        lines.append(f"| {server} | {loop_name} | {rps:,.0f} |")
-    lines += ["", "| ratio | asyncio | uvloop |", "|---|---:|---:|"]
-    gevent = results.get(("gevent", "gevent"))
+    for (server, loop_name), r in results.items():
+        cpu = f"{r['cpu_us']:.2f}" if r.get("cpu_us") else "n/a"
+        lines.append(f"| {server} | {loop_name} | {r['rps']:,.0f} | {r['best']:,.0f} | {cpu} |")
+    lines += [
+        "",
+        "Ratios of round trips/s (in brackets: of server CPU per round trip, peer / ours):",
+        "",
+        "| ratio | asyncio | uvloop |",
+        "|---|---:|---:|",
+    ]
+
+    def cell(ours: tuple[str, str], peer: tuple[str, str]) -> str:
+        a, b = results.get(ours), results.get(peer)
+        if not a or not b:
+            return "n/a"
+        return f"{_ratio(a['rps'], b['rps'])} ({_ratio(b.get('cpu_us'), a.get('cpu_us'))})"
+
     for gb_server in ("gb-run_server", "gb-adapters"):
         for peer, label in (("streams", "asyncio streams"), ("protocol", "raw Protocol")):
-            cells = [
-                _ratio(results.get((gb_server, loop)), results.get((peer, loop))) for loop in LOOPS
-            ]
+            cells = [cell((gb_server, loop), (peer, loop)) for loop in LOOPS]
             lines.append(f"| {gb_server} / {label} | {cells[0]} | {cells[1]} |")
-        cells = [_ratio(results.get((gb_server, loop)), gevent) for loop in LOOPS]
+        cells = [cell((gb_server, loop), ("gevent", "gevent")) for loop in LOOPS]
         lines.append(f"| {gb_server} / gevent | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -282,8 +315,9 @@ def main() -> None:
     parser.add_argument("--loops", default=",".join(LOOPS))
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="servers exit after this")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to cores")
     parser.add_argument("--output", help="also write the table (markdown) to this file")
@@ -304,17 +338,35 @@ def main() -> None:
         print(json.dumps(run_load(args.load, args.connections, args.size, args.warmup, args.duration)))
         return
 
-    results: dict[tuple[str, str], float] = {}
-    for server in args.servers.split(","):
-        loops = ["gevent"] if server == "gevent" else args.loops.split(",")
-        for loop_name in loops:
+    configs = [
+        (server, loop_name)
+        for server in args.servers.split(",")
+        for loop_name in (["gevent"] if server == "gevent" else args.loops.split(","))
+    ]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {config: [] for config in configs}
+    for round_no in range(args.rounds):
+        for server, loop_name in configs:
             try:
                 figures = measure(server, "asyncio" if loop_name == "gevent" else loop_name, args)
             except (ImportError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                 print(f"{server} on {loop_name}: skipped ({exc})", file=sys.stderr)
                 continue
-            results[(server, loop_name)] = figures["rps"]
-            print(f"{server:>14} {loop_name:>8}: {figures['rps']:>10,.0f} round trips/s", file=sys.stderr)
+            runs[(server, loop_name)].append(figures)
+            cpu = f"{figures['cpu_us']:.2f} us CPU/rt" if "cpu_us" in figures else ""
+            print(
+                f"round {round_no + 1}: {server:>14} {loop_name:>8}: {figures['rps']:>10,.0f} rt/s {cpu}",
+                file=sys.stderr,
+            )
+    results: Results = {}
+    for config, figures_list in runs.items():
+        if not figures_list:
+            continue
+        cpus = [f["cpu_us"] for f in figures_list if "cpu_us" in f]
+        results[config] = {
+            "rps": statistics.median(f["rps"] for f in figures_list),
+            "best": max(f["rps"] for f in figures_list),
+            "cpu_us": statistics.median(cpus) if cpus else 0.0,
+        }
     table = report(results, args)
     print(table)
     if args.output:
@@ -322,7 +374,7 @@ def main() -> None:
             f.write(table + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([{"server": s, "loop": lp, "rps": r} for (s, lp), r in results.items()], f, indent=2)
+            json.dump([{"server": s, "loop": lp, **r} for (s, lp), r in results.items()], f, indent=2)
 
 
 if __name__ == "__main__":
