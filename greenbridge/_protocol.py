@@ -85,20 +85,20 @@ class _WakeBatch:
     """Waiters woken by the transport callbacks of one loop, resumed together, in order, from one
     loop callback of their own: see "Waking readers" in the module memo."""
 
-    __slots__ = ("_loop", "_scheduled", "_waiters")
+    __slots__ = ("_scheduled", "_waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         # Invariant: _scheduled is True exactly while a flush is scheduled with the loop, and
-        # then _waiters is not empty.
+        # then _waiters is not empty. (No reference to the loop: it keys the batch weakly.)
         self._waiters: list[Waiter] = []
         self._scheduled = False
 
     def add(self, waiter: Waiter) -> None:
+        """Wake ``waiter`` at the loop's next run of its ready callbacks. Called on the loop."""
         self._waiters.append(waiter)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -114,7 +114,7 @@ def _wake_batch() -> _WakeBatch:
     loop = asyncio.get_running_loop()
     batch = _batches.get(loop)
     if batch is None:
-        batch = _batches[loop] = _WakeBatch(loop)
+        batch = _batches[loop] = _WakeBatch()
     return batch
 
 
