@@ -180,3 +180,24 @@ def test_sink_of_writer_raises_once_the_connection_is_gone() -> None:
     finally:
         server.close()
         gb.await_from_green(server.wait_closed())
+
+
+def test_nothing_outlives_the_loop(gb_backend: str) -> None:
+    """The per-loop wake batches of network flows go with their loops."""
+    import gc
+
+    from _net_helpers import echo, serving
+
+    from greenbridge import net
+    from greenbridge._protocol import _batches
+
+    def one_exchange() -> None:
+        with net.listen("127.0.0.1", 0) as listener, serving(listener, echo):
+            with net.connect(*listener.address) as conn:
+                conn.write(b"x")
+                assert conn.read() == b"x"
+
+    for _ in range(3):
+        gb.run(one_exchange, backend=gb_backend)
+    gc.collect()
+    assert len(_batches) == 0

@@ -694,3 +694,4 @@ def test_udp_error_reaches_recv() -> None:
         client.send(b"anyone?")
         with pytest.raises(ConnectionRefusedError):
             client.recv()
+
