@@ -44,13 +44,14 @@ PEER_PACKAGES = ("greenlet", "uvloop", "sqlalchemy", "awaitlet", "greenletio", "
 
 @dataclass
 class Outcome:
-    """What one benchmark produced: its figures (parsed JSON, one entry per round), or why not."""
+    """What one benchmark produced: its figures (parsed JSON, one entry per run), or why not."""
 
     name: str
     script: str
     figures: list[Any] = field(default_factory=list)
     problem: str | None = None
     output: str = ""
+    args: list[str] = field(default_factory=list)
 
 
 # -- running the benchmarks -----------------------------------------------------------------------
@@ -76,22 +77,20 @@ def _run_script(script: Path, args: list[str], timeout: float) -> tuple[Any, str
             raise RuntimeError(f"{script.name} wrote no readable figures ({exc})") from exc
 
 
-def run_benchmark(
-    name: str, script: str, args: list[str], rounds: int = 1, timeout: float = 1800
-) -> Outcome:
-    """Run one benchmark ``rounds`` times; never raises for a missing or failing benchmark."""
-    outcome = Outcome(name, script)
+def run_benchmark(name: str, script: str, args: list[str], timeout: float = 1800) -> Outcome:
+    """Run one benchmark; never raises for a missing or failing benchmark (see ``problem``)."""
+    outcome = Outcome(name, script, args=args)
     path = HERE / script
     if not path.exists():
         outcome.problem = f"not run: benchmarks/{script} is missing"
         return outcome
-    print(f"running {script} {' '.join(args)} ({rounds} round(s))", file=sys.stderr, flush=True)
+    print(f"running {script} {' '.join(args)}", file=sys.stderr, flush=True)
     try:
-        for _ in range(rounds):
-            figures, outcome.output = _run_script(path, args, timeout)
-            outcome.figures.append(figures)
+        figures, outcome.output = _run_script(path, args, timeout)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         outcome.problem = f"not run: {exc}"
+    else:
+        outcome.figures.append(figures)
     return outcome
 
 
@@ -167,41 +166,71 @@ def render_fibers(outcome: Outcome) -> list[str]:
     return lines
 
 
-def echo_medians(outcome: Outcome) -> dict[tuple[str, str], float]:
-    """(server, loop) -> median round trips per second over the rounds."""
+def echo_medians(outcome: Outcome, key: str = "rps") -> dict[tuple[str, str], float]:
+    """(server, loop) -> the median of figure ``key`` ("rps": round trips per second, "cpu_us":
+    server CPU per round trip) over every run of the benchmark; absent or zero figures left out."""
     samples: dict[tuple[str, str], list[float]] = {}
     for figures in outcome.figures:
         for entry in figures:
-            samples.setdefault((entry["server"], entry["loop"]), []).append(float(entry["rps"]))
-    return {key: statistics.median(values) for key, values in samples.items()}
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and value > 0:
+                samples.setdefault((entry["server"], entry["loop"]), []).append(float(value))
+    return {config: statistics.median(values) for config, values in samples.items()}
+
+
+def _rounds(outcome: Outcome) -> str:
+    """How many rounds the figures are the median of, from the arguments the benchmark got."""
+    args = outcome.args
+    rounds = f"{args[args.index('--rounds') + 1]} round(s)" if "--rounds" in args[:-1] else "the rounds"
+    runs = len(outcome.figures)
+    return rounds if runs == 1 else f"{rounds}, then of {runs} runs"
 
 
 def render_echo(outcome: Outcome) -> list[str]:
-    """Round trips per second (medians over the rounds) and greenbridge's ratio to every peer."""
-    medians = echo_medians(outcome)
-    loops = list(dict.fromkeys(loop for _, loop in medians))
-    servers = list(dict.fromkeys(server for server, _ in medians))
+    """Round trips per second and server CPU per round trip (medians), and greenbridge's ratio to
+    every peer."""
+    rps = echo_medians(outcome, "rps")
+    cpu = echo_medians(outcome, "cpu_us")
+    loops = list(dict.fromkeys(loop for _, loop in rps))
+    servers = list(dict.fromkeys(server for server, _ in rps))
     ours = [s for s in servers if s.startswith("gb-")]
     peers = [s for s in servers if not s.startswith("gb-")]
     lines = [
-        f"Round trips per second, median of {len(outcome.figures)} round(s); higher is better. "
-        "Ratios: greenbridge's figure / the peer's on the same loop (gevent has its own loop): "
-        "above 1.00x, greenbridge is faster.",
+        f"Median of {_rounds(outcome)}. Cells: round trips per second (higher is better) "
+        "and, in brackets, the server's CPU time per round trip in us (lower is better; a busy "
+        "machine disturbs it less than throughput).",
         "",
         "| server | " + " | ".join(loops) + " |",
         "|---|" + "---:|" * len(loops),
     ]
     for server in servers:
-        cells = [_num(medians[(server, loop)]) if (server, loop) in medians else "-" for loop in loops]
+        cells = []
+        for loop in loops:
+            if (server, loop) not in rps:
+                cells.append("-")
+                continue
+            used = cpu.get((server, loop))
+            cells.append(_num(rps[(server, loop)]) + (f" ({used:.2f} us)" if used else ""))
         lines.append(f"| {server} | " + " | ".join(cells) + " |")
-    gb_loops = [loop for loop in loops if any((s, loop) in medians for s in ours)]
-    lines += ["", "| ratio | " + " | ".join(gb_loops) + " |", "|---|" + "---:|" * len(gb_loops)]
+    gb_loops = [loop for loop in loops if any((s, loop) in rps for s in ours)]
+    lines += [
+        "",
+        "Ratios on the same loop (gevent runs its own): greenbridge's round trips/s / the peer's "
+        "and, in brackets, the peer's CPU per round trip / greenbridge's -- above 1.00x, "
+        "greenbridge is ahead.",
+        "",
+        "| ratio | " + " | ".join(gb_loops) + " |",
+        "|---|" + "---:|" * len(gb_loops),
+    ]
     for server in ours:
         for peer in peers:
             cells = []
             for loop in gb_loops:
-                peer_figure = medians.get((peer, loop), medians.get((peer, peer)))  # gevent: own loop
-                cells.append(_ratio(medians.get((server, loop)), peer_figure))
+                peer_config = (peer, loop) if (peer, loop) in rps else (peer, peer)  # gevent: own loop
+                cells.append(
+                    f"{_ratio(rps.get((server, loop)), rps.get(peer_config))} "
+                    f"({_ratio(cpu.get(peer_config), cpu.get((server, loop)))})"
+                )
             lines.append(f"| {server} / {peer} | " + " | ".join(cells) + " |")
     lines.append("")
     return lines
@@ -348,19 +377,19 @@ def _chart_echo(ax: Any, outcome: Outcome) -> None:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def plan(quick: bool, echo_rounds: int) -> list[tuple[str, str, list[str], int]]:
-    """(name, script, arguments, rounds) for each benchmark."""
+def plan(quick: bool, echo_rounds: int) -> list[tuple[str, str, list[str]]]:
+    """(name, script, arguments) for each benchmark; each takes its own ``--rounds``."""
     if quick:
-        echo = ["--servers", "gb-run_server,streams", "--loops", "asyncio", "--warmup", "0.2"]
+        echo = ["--servers", "gb-run_server,streams", "--loops", "asyncio", "--rounds", "1"]
         return [
-            ("crossing", "bench_crossing.py", ["--loops", "asyncio", "--rounds", "1", "--n", "500"], 1),
-            ("fibers", "bench_fibers.py", ["--sizes", "1000", "--rounds", "1"], 1),
-            ("echo", "bench_echo.py", [*echo, "--duration", "0.5"], 1),
+            ("crossing", "bench_crossing.py", ["--loops", "asyncio", "--rounds", "1", "--n", "500"]),
+            ("fibers", "bench_fibers.py", ["--sizes", "1000", "--rounds", "1"]),
+            ("echo", "bench_echo.py", [*echo, "--warmup", "0.2", "--duration", "0.5"]),
         ]
     return [
-        ("crossing", "bench_crossing.py", ["--loops", "asyncio,uvloop", "--rounds", "7"], 1),
-        ("fibers", "bench_fibers.py", ["--rounds", "5"], 1),
-        ("echo", "bench_echo.py", [], echo_rounds),
+        ("crossing", "bench_crossing.py", ["--loops", "asyncio,uvloop", "--rounds", "7"]),
+        ("fibers", "bench_fibers.py", ["--rounds", "5"]),
+        ("echo", "bench_echo.py", ["--rounds", str(echo_rounds)]),
     ]
 
 
@@ -370,14 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, one round")
     parser.add_argument("--only", help="comma-separated subset of: crossing, fibers, echo")
-    parser.add_argument("--echo-rounds", type=int, default=3, help="echo benchmark rounds (median)")
+    parser.add_argument("--echo-rounds", type=int, default=3, help="echo rounds (interleaved; median)")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--chart", default=str(HERE / "results.png"))
     args = parser.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else set(RENDERERS)
     outcomes = [
-        run_benchmark(name, script, bench_args, rounds)
-        for name, script, bench_args, rounds in plan(args.quick, args.echo_rounds)
+        run_benchmark(name, script, bench_args)
+        for name, script, bench_args in plan(args.quick, args.echo_rounds)
         if name in wanted
     ]
     output, chart = Path(args.output), Path(args.chart)

@@ -46,15 +46,15 @@ FIBERS = {
         }
     },
 }
-ECHO_ROUNDS = [
+ECHO_RUNS = [
     [
-        {"server": "gb-run_server", "loop": "asyncio", "rps": 30000.0},
-        {"server": "streams", "loop": "asyncio", "rps": 10000.0},
+        {"server": "gb-run_server", "loop": "asyncio", "rps": 30000.0, "cpu_us": 20.0},
+        {"server": "streams", "loop": "asyncio", "rps": 10000.0, "cpu_us": 60.0},
         {"server": "gevent", "loop": "gevent", "rps": 20000.0},
     ],
     [
-        {"server": "gb-run_server", "loop": "asyncio", "rps": 20000.0},
-        {"server": "streams", "loop": "asyncio", "rps": 12000.0},
+        {"server": "gb-run_server", "loop": "asyncio", "rps": 20000.0, "cpu_us": 30.0},
+        {"server": "streams", "loop": "asyncio", "rps": 12000.0, "cpu_us": 40.0},
         {"server": "gevent", "loop": "gevent", "rps": 10000.0},
     ],
 ]
@@ -64,7 +64,7 @@ def outcomes(report: ModuleType) -> list[object]:
     return [
         report.Outcome("crossing", "bench_crossing.py", [CROSSING]),
         report.Outcome("fibers", "bench_fibers.py", [FIBERS]),
-        report.Outcome("echo", "bench_echo.py", ECHO_ROUNDS),
+        report.Outcome("echo", "bench_echo.py", ECHO_RUNS, args=["--rounds", "3"]),
     ]
 
 
@@ -77,10 +77,12 @@ def test_tables_of_medians_and_ratios_against_every_peer(report: ModuleType) -> 
     # fibers: per-fiber time, memory, ratios; a skipped peer says so
     assert "| 1,000 | 20.00 us | 10.00 us | skipped: no gevent | 8,000 B | 1,000 B |" in text
     assert "| 2.00x, 8.00x | n/a, n/a |" in text
-    # echo: medians over the rounds, ratios on the same loop (gevent against its own loop)
-    assert "| gb-run_server | 25,000 | - |" in text
-    assert "| gb-run_server / streams | 2.27x |" in text
-    assert "| gb-run_server / gevent | 1.67x |" in text
+    # echo: medians (of the runs), CPU per round trip, ratios on the same loop (gevent: its own)
+    assert "Median of 3 round(s), then of 2 runs." in text
+    assert "| gb-run_server | 25,000 (25.00 us) | - |" in text
+    assert "| gevent | - | 15,000 |" in text
+    assert "| gb-run_server / streams | 2.27x (2.00x) |" in text
+    assert "| gb-run_server / gevent | 1.67x (n/a) |" in text
 
 
 def test_a_missing_or_changed_benchmark_is_noted_not_fatal(report: ModuleType) -> None:
