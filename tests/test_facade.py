@@ -150,6 +150,26 @@ def test_facade_serves_sync_code_inside_an_asyncio_app(run_async: Run) -> None:
     assert run_async(app) == [[("ann", 8), ("bob", 4)]] * 2
 
 
+@pytest.mark.green
+def test_sqlalchemy_async_engine_through_a_facade() -> None:
+    # SQLAlchemy's asyncio API, used synchronously: its own greenlet bridge runs nested inside
+    # the fiber (AsyncConnection.execute -> greenlet_spawn -> the aiosqlite driver).
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = gb.green_facade(create_async_engine("sqlite+aiosqlite:///:memory:"))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            conn.execute(text("INSERT INTO t VALUES (1), (2), (3)"))
+            conn.commit()
+            assert conn.execute(text("SELECT sum(x) FROM t")).scalar() == 6
+            streamed = conn.stream(text("SELECT x FROM t ORDER BY x"))  # an AsyncResult
+            assert [row.x for row in streamed] == [1, 2, 3]
+    finally:
+        engine.dispose()
+
+
 # -- the rules, on a small async class ------------------------------------------------------------------
 
 
