@@ -117,7 +117,8 @@ class GreenFacade(Generic[T]):
 
     Made by ``green_facade(obj)``; see the ``greenbridge._facade`` module docstring for the
     rules. Attribute reads go to the wrapped object (async objects among them come out wrapped,
-    methods come out as plain functions), attribute writes go to it unchanged. Statically,
+    methods come out as plain functions), attribute writes go to it unchanged; equality, hashing
+    and ``dir()`` are the wrapped object's, other operators are not forwarded. Statically,
     attributes are ``Any``: to type a façade, describe its synchronous interface in a
     ``typing.Protocol`` and ``cast`` to it.
     """
@@ -135,6 +136,19 @@ class GreenFacade(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<green façade of {self.__wrapped__!r}>"
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self.__wrapped__)) | {"__wrapped__"})
+
+    # Each access makes a fresh façade (``conn.cursor_attr is conn.cursor_attr`` is false), so
+    # equality and hashing are the wrapped objects': façades of one object are interchangeable.
+    def __eq__(self, other: object) -> bool:
+        if type(other) is GreenFacade:
+            other = other.__wrapped__
+        return bool(self.__wrapped__ == other)
+
+    def __hash__(self) -> int:
+        return hash(self.__wrapped__)
 
     def __getattr__(self, name: str) -> Any:
         target = self.__wrapped__

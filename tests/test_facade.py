@@ -253,6 +253,12 @@ def test_async_objects_that_come_out_are_wrapped() -> None:
     assert type(res.child) is gb.GreenFacade
     assert res.child.get(2) == 4
     assert gb.green_facade(res) is res  # wrapping a façade again is a no-op
+    # Every read makes a new façade; they stand for the same object.
+    assert res.child is not res.child
+    assert res.child == res.child == res.__wrapped__.child
+    assert len({res.child, res.child}) == 1
+    assert res.child != child
+    assert {"get", "items", "__wrapped__"} <= set(dir(res))
 
 
 @pytest.mark.green
