@@ -144,6 +144,17 @@ def test_aiohttp_example(run_async: Run, capsys: pytest.CaptureFixture[str]) -> 
     ]
 
 
+# -- file objects over a connection -------------------------------------------------------------------
+
+
+def test_file_objects_example(run_async: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    run_async(load("file_objects.py").main)
+    assert capsys.readouterr().out.splitlines() == [
+        "uploaded 4 rows as gzipped CSV; the server answered {'lines': 4, 'total': 15.25}",
+        "the asyncio ticker ran on meanwhile",
+    ]
+
+
 # -- the porting guide's steps ---------------------------------------------------------------------------
 
 
