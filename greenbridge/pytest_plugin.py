@@ -180,7 +180,7 @@ def _kill(fibers: list[greenlet]) -> None:
     for fiber in fibers:
         try:
             fiber.throw(GreenletExit)
-        except BaseException:  # best effort: a dying fiber may raise anything
+        except Exception:  # best effort: a dying fiber may raise on its way out
             pass
 
 
