@@ -60,5 +60,5 @@ def test_every_block_of_the_guide_runs_as_shown(guide: Path) -> None:
     assert checked >= 5  # the guide's examples ran, not only its definitions
 
 
-def test_the_guides_are_the_expected_ones() -> None:
-    assert [guide.name for guide in GUIDES] == ["facades.md", "porting.md"]
+def test_the_guides_are_found() -> None:
+    assert {"facades.md", "porting.md"} <= {guide.name for guide in GUIDES}
