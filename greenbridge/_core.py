@@ -119,6 +119,12 @@ __all__ = (
     "spawn_green",
 )
 
+# asyncio's bookkeeping of the running Task, used to make a directly resumed fiber's Task current
+# (the same functions asyncio's C Task step uses; present on every supported Python).
+_current_task = asyncio.current_task
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -142,6 +148,9 @@ class _Fiber(greenlet):
     # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
     _park: asyncio.Future[Any] | None = None
     _direct = False
+    # The Task hosting the fiber's current call, recorded when it parks inside that Task: the
+    # task a direct waker makes current while the fiber runs.
+    _task: asyncio.Task[Any] | None = None
 
 
 # What a fiber hands its driver when the function it ran has returned or raised; the outcome is
@@ -180,7 +189,7 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         fn = args = kwargs = None  # type: ignore[assignment]  # an idle fiber keeps nothing alive
         if fiber._direct:
             _finish_in_task(fiber)  # the driver, not a waker, must receive the outcome
-        fiber._park = None
+        fiber._park = fiber._task = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
         idle.append(fiber)
@@ -333,7 +342,9 @@ def _park(fiber: _Fiber) -> None:
         return
     park = fiber._park
     if park is None or park.done():
-        park = fiber._park = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        park = fiber._park = loop.create_future()
+        fiber._task = _current_task(loop)
     park._asyncio_future_blocking = True
     try:
         fiber._direct = fiber.parent.switch(park) is _WOKEN  # type: ignore[union-attr]
@@ -380,8 +391,22 @@ def _resume(fiber: _Fiber) -> bool:
     if park is None or park.done():
         return False
     if getcurrent() is fiber.parent:
-        fiber._direct = True
-        out = fiber.switch(_WOKEN)
+        # The fiber runs as its own Task, as far as asyncio.current_task() can tell, for as long
+        # as it runs here; whatever Task the waker runs in is current again afterwards.
+        loop = park.get_loop()
+        task = fiber._task
+        assert task is not None  # recorded by _park, which created ``park`` inside the Task
+        waker_task = _current_task(loop)
+        if waker_task is not None:
+            _leave_task(loop, waker_task)
+        _enter_task(loop, task)
+        try:
+            fiber._direct = True
+            out = fiber.switch(_WOKEN)
+        finally:
+            _leave_task(loop, task)
+            if waker_task is not None:
+                _enter_task(loop, waker_task)
         if out is not _PARKED:
             _pass_to_driver(fiber, out)
     else:

@@ -47,12 +47,12 @@ def test_wake_from_a_loop_callback_resumes_the_fiber_directly(run_green: Run) ->
     assert record == ["callback wakes", "fiber got value", "wake returned"]
 
 
-def test_directly_resumed_fiber_returns_to_its_task_to_await(run_async: Run) -> None:
+def test_directly_resumed_fiber_sees_its_task_and_awaits_inside_it(run_async: Run) -> None:
     record: list[Any] = []
 
     def green(waiter: Waiter) -> str:
         value = waiter.wait()
-        record.append(("resumed outside the task", asyncio.current_task() is None))
+        record.append(("its own task is current", asyncio.current_task() is hosting))
         task_seen = gb.await_from_green(_current_task())
         record.append(("awaits inside its task", task_seen is hosting))
         gb.sleep(0)
@@ -73,7 +73,7 @@ def test_directly_resumed_fiber_returns_to_its_task_to_await(run_async: Run) -> 
         return await hosting
 
     assert run_async(main) == "done"
-    assert record == [("resumed outside the task", True), ("awaits inside its task", True)]
+    assert record == [("its own task is current", True), ("awaits inside its task", True)]
 
 
 def test_directly_resumed_fiber_may_finish_and_park_again(run_async: Run) -> None:
@@ -161,9 +161,8 @@ def test_cancellation_while_running_directly_is_delivered_at_the_next_park(run_a
     record: list[str] = []
 
     def green(first: Waiter, second: Waiter) -> None:
-        first.wait()
-        task = asyncio.current_task()
-        assert task is None  # resumed directly by the callback
+        first.wait()  # resumed directly by the callback, its own Task current all the same
+        assert asyncio.current_task() is hosting
         hosting.cancel()
         try:
             second.wait()
@@ -282,3 +281,24 @@ def test_many_fibers_ping_pong_directly(run_async: Run) -> None:
         return max(results)
 
     assert run_async(main) == 999
+
+
+def test_direct_resumption_from_inside_another_task_restores_that_task(run_async: Run) -> None:
+    seen: list[Any] = []
+
+    def green(waiter: Waiter) -> None:
+        waiter.wait()
+        seen.append(asyncio.current_task())
+
+    async def main() -> None:
+        waiter = Waiter()
+        fiber_task = asyncio.create_task(gb.spawn_green(green, waiter))
+        await asyncio.sleep(0)
+        me = asyncio.current_task()
+        waiter.wake()  # from this coroutine: the fiber runs here, as fiber_task
+        assert asyncio.current_task() is me
+        await fiber_task
+        seen.append(fiber_task)
+
+    run_async(main)
+    assert seen[0] is seen[1]
