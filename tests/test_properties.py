@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,7 +48,7 @@ from greenbridge._waiter import Waiter
 # -- the program model ---------------------------------------------------------------------------
 
 GREEN, ASYNC = "green", "async"
-LEAVES = ("value", "raise", "raise_base", "block", "sleep", "wait")
+LEAVES = ("value", "raise", "raise_base", "block", "sleep", "wait", "agen", "thread")
 BRANCHES = ("seq", "catch", "timeout", "cancel", "group", "switch")
 
 
@@ -110,13 +112,13 @@ def programs(*, real_time: bool, wakeups: bool) -> st.SearchStrategy[Node]:
     one loop iteration sooner than a Future would, so not comparable with the twin) and
     ``switch`` nodes (green structured concurrency, which has no coroutine twin either)."""
     seconds = st.sampled_from((0.0005, 0.001, 0.003)) if real_time else st.none()
-    excluded = {"sleep"} if not real_time else set()
+    excluded = {"sleep", "thread"} if not real_time else set()
     if not wakeups:
         excluded.add("wait")
     leaf_kinds = tuple(k for k in LEAVES if k not in excluded)
     leaf = st.builds(
         Node, kind=st.sampled_from(leaf_kinds), side=sides, via=vias, arg=hops, cleanup=st.booleans()
-    ).map(lambda n: replace(n, seconds=0.001) if n.kind == "sleep" else n)
+    ).map(lambda n: replace(n, seconds=0.001) if n.kind in ("sleep", "thread") else n)
 
     def extend(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
         many = st.lists(children, min_size=1, max_size=3).map(tuple)
@@ -296,6 +298,12 @@ class Program:
                 gb.await_from_green(asyncio.get_running_loop().create_future())
             elif kind == "wait":
                 return self._green_wait(node)
+            elif kind == "agen":
+                for i in gb.iterate(self._agen(node)):
+                    if i == node.arg:
+                        break  # gb.iterate closes the generator at once
+            elif kind == "thread":
+                gb.run_in_thread(time.sleep, node.seconds or 0)
             return Token(node.id)
         if kind == "seq":
             for child in node.children:
@@ -455,6 +463,13 @@ class Program:
                 await asyncio.get_running_loop().create_future()
             elif kind == "wait":
                 return await self._async_wait(node)
+            elif kind == "agen":
+                async with contextlib.aclosing(self._agen(node)) as agen:
+                    async for i in agen:
+                        if i == node.arg:
+                            break
+            elif kind == "thread":
+                await asyncio.get_running_loop().run_in_executor(None, time.sleep, node.seconds or 0)
             return Token(node.id)
         if kind == "seq":
             for child in node.children:
@@ -493,6 +508,17 @@ class Program:
                 for child, task in tasks:
                     self._receive_task(child, task)
         return Token(node.id)
+
+    async def _agen(self, node: Node) -> AsyncIterator[int]:
+        """An async generator of three items, suspending before each; it records when it is
+        closed (``arg`` < 3: the loop breaks after item ``arg``)."""
+        self.events.append(("agen started", node.id))
+        try:
+            for i in range(3):
+                await asyncio.sleep(0)
+                yield i
+        finally:
+            self.events.append(("agen closed", node.id))
 
     async def _async_wait(self, node: Node) -> Token:
         """The coroutine counterpart of ``_green_wait``, on a Future."""
@@ -602,6 +628,15 @@ def check(program: Program, final: Any) -> None:
     assert len(starts) == len(set(starts)), "a node started twice"
     assert sorted(starts) == sorted(finals), "a finally block did not run (or ran twice)"
     assert set(program.outcomes) == set(starts), "a started node has no outcome"
+    closed = [e[1] for e in program.events if e[0] == "agen closed"]
+    assert len(closed) == len(set(closed)), "an async generator was closed twice"
+    for node_id in closed:  # closed before its node ended, by the node itself
+        events = program.events
+        assert events.index(("agen closed", node_id)) < next(
+            i for i, e in enumerate(events) if e[0] == "finally" and e[1] == node_id
+        )
+    started = [e[1] for e in program.events if e[0] == "agen started"]
+    assert sorted(closed) == sorted(started), "an async generator was left open"
 
     for node in root.walk():
         started = node.id in program.outcomes
@@ -723,7 +758,9 @@ ONE_OF_EACH = number(
             ),
             Node("cancel", ASYNC, arg=0, children=(Node("block", GREEN, via=1, cleanup=True),)),
             Node("catch", ASYNC, children=(Node("raise", GREEN, via=2, arg=2),)),
-            Node("seq", GREEN, via=2, children=(Node("value", ASYNC, via=1), Node("value", GREEN, via=1))),
+            Node(
+                "seq", GREEN, via=2, children=(Node("value", ASYNC, via=1), Node("agen", GREEN, via=1, arg=1))
+            ),
         ),
     )
 )
@@ -789,7 +826,7 @@ def test_programs_started_from_asyncio_keep_the_invariants(root: Node, gb_backen
 
 def test_the_example_programs_exercise_every_kind_of_node(gb_backend: str) -> None:
     kinds = {node.kind for root in (ONE_OF_EACH, SWITCHED) for node in root.walk()}
-    assert set(BRANCHES) <= kinds and set(LEAVES) - {"sleep"} <= kinds
+    assert set(BRANCHES) <= kinds and set(LEAVES) - {"sleep", "thread"} <= kinds
 
     switched = run_and_check(SWITCHED, gb_backend)
     (switch,) = [node for node in SWITCHED.walk() if node.kind == "switch"]
