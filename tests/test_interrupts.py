@@ -30,7 +30,7 @@ import greenbridge as gb
 from greenbridge._core import _live_fibers, _loop_factory
 from greenbridge._waiter import Waiter
 
-WHERE = ("main", "green task", "async task", "woken fiber", "nested")
+WHERE = ("main", "green task", "async task", "woken fiber", "nested", "switch fiber")
 FOREVER = 3600
 
 
@@ -86,6 +86,10 @@ class Scenario:
                 tasks.append(loop.create_task(gb.spawn_green(self.green_woken_raiser, waiter)))
                 gb.sleep(0)  # it parks
                 loop.call_soon(waiter.wake)  # resumed directly, from the loop callback
+            elif self.where == "switch fiber":
+                with gb.Switch() as sw:
+                    sw.fork(self.green_raiser)
+                    gb.sleep(FOREVER)
             gb.sleep(FOREVER)
         finally:
             self.record.append("main finally")
@@ -125,6 +129,10 @@ class Scenario:
                 tasks.append(loop.create_task(self.woken_raiser(future)))
                 await asyncio.sleep(0)
                 loop.call_soon(future.set_result, None)
+            elif self.where == "switch fiber":
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.raiser())
+                    await asyncio.sleep(FOREVER)
             await asyncio.sleep(FOREVER)
         finally:
             self.record.append("main finally")
@@ -165,8 +173,6 @@ def test_gb_run_cleans_up_and_reraises_like_asyncio_run(
     where: str, exc_type: type[BaseException], gb_backend: str
 ) -> None:
     green, green_report = run_scenario(where, exc_type, gb_backend, green=True)
-    twin, twin_report = run_scenario(where, exc_type, gb_backend, green=False)
-
     everything = {
         "raiser finally",
         "main finally",
@@ -176,16 +182,25 @@ def test_gb_run_cleans_up_and_reraises_like_asyncio_run(
         "async bystander cleaned up",
     }
     assert set(green.record) == everything
-    assert sorted(green.record) == sorted(twin.record)
     assert green.record.count("main finally") == 1
-    # Leaks: none; the asyncio log is the one asyncio.run produces for the same program (an
-    # interrupt escaping from a Task other than the main one leaves that Task's exception
-    # unretrieved, and asyncio says so).
     assert green_report.fds_after == green_report.fds_before
     assert green_report.greenlets == [] and green_report.fibers == []
-    assert green_report.warnings == twin_report.warnings == []
-    assert green_report.log == twin_report.log
+    assert green_report.warnings == []
     assert _live_fibers() == [] and live_greenlets() == []
+    if where == "switch fiber":
+        # The twin, a TaskGroup child raising the interrupt, is no reference: asyncio re-raises
+        # it out of the TaskGroup while asyncio.run cancels the leftovers, which cuts that
+        # clean-up short ("Task was destroyed but it is pending!"). A Switch lets it finish.
+        assert green_report.log == []
+        return
+
+    twin, twin_report = run_scenario(where, exc_type, gb_backend, green=False)
+    assert sorted(green.record) == sorted(twin.record)
+    # The asyncio log is the one asyncio.run produces for the same program (an interrupt
+    # escaping from a Task other than the main one leaves that Task's exception unretrieved,
+    # and asyncio says so).
+    assert twin_report.warnings == []
+    assert green_report.log == twin_report.log
 
 
 def test_an_interrupt_from_a_bystander_during_cleanup_still_lets_gb_run_finish(gb_backend: str) -> None:
