@@ -14,10 +14,10 @@ clients. Every connection picks, from a seeded random generator, a server mode a
 
 Checked: every completed connection got its bytes back exactly; every error the handlers saw is
 in the ``ConnectionError`` family (or the ``BufReader`` limit, handled); the server survives all
-of it; RSS stays flat from the first half of the run to the second; finally the server is
-cancelled while a hundred connections are open and idle, and every client sees its connection
-end promptly; afterwards no descriptor, fiber, greenlet or Task is left, and asyncio logged
-nothing.
+of it; RSS and the number of live objects stay flat from the first half of the run to the
+second. Then the server is cancelled while a hundred connections are open and idle, and a fresh
+one while hundreds are in flight: every client sees its connection end promptly. Afterwards no
+descriptor, fiber, greenlet or Task is left, and asyncio logged nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ CANCEL_AFTER = 200  # ...once it has accepted this many of them
 LINE_LIMIT = 1024
 SEED = 20261125
 MAX_RSS_GROWTH = 24 * 1024 * 1024  # bytes, second half of the run over the first
+MAX_OBJECT_GROWTH = 1000  # objects tracked by the collector, likewise
 
 MODES = ("E", "S", "L")
 BEHAVIOURS = (
@@ -302,6 +303,7 @@ class Figures:
     bytes_echoed: int = 0
     server_errors: Counter[str] = field(default_factory=Counter)
     rss_growth: int = 0
+    object_growth: int = 0
     stalled_ended: Counter[str] = field(default_factory=Counter)
     under_load: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -320,7 +322,8 @@ def soak(figures: Figures) -> None:
                 net.run_server, listener, server.handler, max_connections=512, on_error=server.on_error
             )
         )
-        rss_marks = []
+        rss_marks: list[int] = []
+        object_marks: list[int] = []
         for _half in range(2):
             clients = [
                 loop.create_task(run_client(port, make_plan(rng), tally, slots))
@@ -329,8 +332,10 @@ def soak(figures: Figures) -> None:
             gb.await_from_green(asyncio.gather(*clients))
             gc.collect()
             rss_marks.append(rss())
+            object_marks.append(len(gc.get_objects()))
             assert not serving.done(), "the server stopped"
         figures.rss_growth = rss_marks[1] - rss_marks[0]
+        figures.object_growth = object_marks[1] - object_marks[0]
 
         # Cancel the server mid-flight: STALLED connections open, each handler has echoed a
         # first message and waits for more.
@@ -412,6 +417,7 @@ def test_soak_thousands_of_connections_with_faults(gb_backend: str) -> None:
     assert _live_fibers() == [] and live_greenlets() == []
     assert figures.completed >= CONNECTIONS // 2
     assert figures.rss_growth < MAX_RSS_GROWTH, figures.rss_growth
+    assert figures.object_growth < MAX_OBJECT_GROWTH, figures.object_growth
 
 
 # -- pinned findings -----------------------------------------------------------------------------
