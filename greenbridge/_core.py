@@ -124,6 +124,7 @@ __all__ = (
 _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
+_swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -396,17 +397,25 @@ def _resume(fiber: _Fiber) -> bool:
         loop = park.get_loop()
         task = fiber._task
         assert task is not None  # recorded by _park, which created ``park`` inside the Task
-        waker_task = _current_task(loop)
-        if waker_task is not None:
-            _leave_task(loop, waker_task)
-        _enter_task(loop, task)
-        try:
-            fiber._direct = True
-            out = fiber.switch(_WOKEN)
-        finally:
-            _leave_task(loop, task)
+        if _swap_current_task is not None:  # Python >= 3.12: one call each way
+            waker_task = _swap_current_task(loop, task)
+            try:
+                fiber._direct = True
+                out = fiber.switch(_WOKEN)
+            finally:
+                _swap_current_task(loop, waker_task)
+        else:
+            waker_task = _current_task(loop)
             if waker_task is not None:
-                _enter_task(loop, waker_task)
+                _leave_task(loop, waker_task)
+            _enter_task(loop, task)
+            try:
+                fiber._direct = True
+                out = fiber.switch(_WOKEN)
+            finally:
+                _leave_task(loop, task)
+                if waker_task is not None:
+                    _enter_task(loop, waker_task)
         if out is not _PARKED:
             _pass_to_driver(fiber, out)
     else:
