@@ -18,6 +18,7 @@ from ._core import run as run
 from ._core import spawn_green as spawn_green
 from ._diagnostics import dump_fibers as dump_fibers
 from ._errors import BufferLimitExceeded as BufferLimitExceeded
+from ._errors import BusyResourceError as BusyResourceError
 from ._errors import ClosedResourceError as ClosedResourceError
 from ._errors import GreenbridgeError as GreenbridgeError
 from ._errors import NoGreenContext as NoGreenContext
@@ -41,6 +42,7 @@ __all__ = (
     "BufReader",
     "BufWriter",
     "BufferLimitExceeded",
+    "BusyResourceError",
     "ClosedResourceError",
     "Condition",
     "Event",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = (
     "BufferLimitExceeded",
+    "BusyResourceError",
     "ClosedResourceError",
     "GreenbridgeError",
     "NoGreenContext",
@@ -39,3 +40,9 @@ class SwitchFinishedError(GreenbridgeError, RuntimeError):
 class BufferLimitExceeded(GreenbridgeError, ValueError):
     """A ``BufReader`` would have to buffer more than its ``max_size`` to satisfy the request:
     the guard against untrusted input that never ends a line."""
+
+
+class BusyResourceError(GreenbridgeError, RuntimeError):
+    """Two fibers used one exclusive resource at once: two readers (or two writers) of one
+    connection or flow, two fibers accepting on one listener. Each such resource serves one
+    fiber at a time; give each fiber its own resource, or serialise them with a ``gb.Mutex``."""
