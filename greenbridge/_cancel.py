@@ -14,8 +14,9 @@ The rules
    scopes (``Switch``, ``gb.timeout``) measure that count from their entry, so they keep working
    inside such a fiber, and so do ``asyncio.timeout`` and ``TaskGroup``.
 4. ``protect(fn)`` runs ``fn`` shielded: a cancellation that arrives meanwhile waits until ``fn``
-   has finished, then is raised (``fn``'s own error, if any, wins: cancellation never hides a
-   real error).
+   has finished; ``fn``'s result is returned (or its error raised) and the cancellation stays
+   pending for the caller's next cancellation point (re-armed, ``_rearm``), so a real error is
+   never hidden and clean-up code after ``protect`` still runs up to its next suspension.
 5. Waiting for something does not cancel its producer when the waiter is cancelled, with one
    exception inherited from asyncio. ``Promise.await_()`` cancelled: the fiber resolving the
    promise carries on (Eio's rule). ``await_from_green(task)`` cancelled: ``task`` is cancelled
@@ -30,7 +31,8 @@ from typing import Any, NoReturn, TypeVar, TypeVarTuple, Unpack
 
 from greenlet import getcurrent
 
-from ._core import _Fiber, _no_green_message, _return_to_task, await_from_green, in_green, spawn_green
+from ._control import _cancel_pending, _rearm, _return_to_task
+from ._core import _Fiber, _no_green_message, await_from_green, in_green, spawn_green
 from ._errors import NoGreenContext
 from ._waiter import Waiter
 
@@ -54,15 +56,6 @@ def _fiber_task(what: str) -> asyncio.Task[Any]:
     if task is None:
         raise NoGreenContext(_no_green_message(what))
     return task
-
-
-def _cancel_pending(task: asyncio.Task[Any]) -> bool:
-    """True when ``task.cancel()`` was called while it ran and its next step will raise.
-
-    Reads ``_must_cancel``, which both the C and the Python Task implement; there is no public
-    way to see a cancellation requested while the Task is running.
-    """
-    return bool(getattr(task, "_must_cancel", False))
 
 
 def yield_() -> None:
@@ -102,35 +95,38 @@ def protect(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
     """Run ``fn(*args)`` shielded from cancellation and return its result.
 
     ``fn`` runs in a fiber of its own Task that shares the caller's ``contextvars.Context``, and
-    the caller waits for it to finish whatever happens. If the caller is cancelled meanwhile, the
-    cancellation is held back until ``fn`` has finished, then raised here as ``CancelledError``
-    (``fn``'s result is dropped; if ``fn`` raised, its exception is raised instead: cancellation
-    never hides a real error). Use it for clean-up that must complete::
+    the caller waits for it to finish whatever happens. A cancellation of the caller that
+    arrives meanwhile is held back: ``fn``'s result is returned (or its exception raised) all
+    the same, and the cancellation is left pending, to be raised at the caller's next
+    cancellation point (Eio's rule; ``fiber.check()`` raises it at once). Use it for clean-up
+    that must complete::
 
         try:
             ...
         finally:
             gb.protect(conn.close)
 
-    A suspension point (a cancellation point only at its end). Raises ``NoGreenContext`` outside
-    green code, before ``fn`` runs.
+    A suspension point, but never a cancellation point itself. Raises ``NoGreenContext``
+    outside green code, before ``fn`` runs; ``CancelledError`` only when ``fn`` itself ended
+    cancelled.
     """
-    if not in_green():
-        raise NoGreenContext(_no_green_message("gb.protect()"))
-    loop = asyncio.get_running_loop()
+    host = _fiber_task("gb.protect()")
+    loop = host.get_loop()
     # Sharing the Context (not a copy) keeps protect() transparent: fn sees and sets the caller's
     # context variables. The caller is suspended while fn runs, so the Context is never entered
-    # twice at once.
-    task = loop.create_task(spawn_green(fn, *args), context=getcurrent().gr_context)
-    cancelled = False
-    while True:
-        try:
-            result = await_from_green(asyncio.shield(task))
-            break
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise  # fn itself ended cancelled
-            cancelled = True  # ours: held back until fn has finished
-    if cancelled:
-        raise asyncio.CancelledError()  # fn returned: deliver what was held back
-    return result
+    # twice at once -- which is also why the Task is made directly rather than by the loop's task
+    # factory: an eager factory would step it at once, inside the caller's entered Context.
+    task = asyncio.Task(spawn_green(fn, *args), loop=loop, context=getcurrent().gr_context)
+    held = False
+    try:
+        while True:
+            try:
+                return await_from_green(asyncio.shield(task))
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    held = False  # fn itself ended cancelled: that is what the caller sees
+                    raise
+                held = True  # ours: held back until fn has finished
+    finally:
+        if held:
+            _rearm(host)

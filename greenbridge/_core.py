@@ -114,6 +114,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from ._control import _finish_in_task, _return_to_task
 from ._errors import NoGreenContext
 
 __all__ = (
@@ -125,12 +126,6 @@ __all__ = (
     "spawn_green",
 )
 
-# asyncio's bookkeeping of the running Task, used to make a directly resumed fiber's Task current
-# (the same functions asyncio's C Task step uses; present on every supported Python).
-_current_task = asyncio.current_task
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
-_swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -275,8 +270,10 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
             try:
                 value = yield out
             except BaseException as exc:  # cancellation & co.: into the fiber
+                _adopt(fiber)
                 out = fiber.throw(exc)
             else:
+                _adopt(fiber)
                 if fiber._handover is None:
                     out = switch(value)
                 else:
@@ -289,6 +286,18 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                 out = fiber.throw(exc)
             else:
                 out = switch(result)
+
+
+def _adopt(fiber: _Fiber) -> None:
+    """Make the greenlet stepping the driver now the fiber's parent, where it is not already.
+
+    A Task's steps normally all run in the loop greenlet, but under ``asyncio.eager_task_factory``
+    its first step runs inside whatever created it -- possibly another fiber, which then became
+    the parent; every later step runs in the loop greenlet, and the fiber must switch out to it.
+    """
+    current = getcurrent()
+    if fiber.parent is not current:
+        fiber.parent = current
 
 
 def _await_iter(awaitable: Any) -> Any:
@@ -306,137 +315,6 @@ def _await_iter(awaitable: Any) -> Any:
             f"function, call it: await_from_green(fn(...))"
         ) from None
     return method(awaitable)
-
-
-# -- direct resumption ------------------------------------------------------------------------
-#
-# A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
-# driver a Future, ``_park``, that the hosting Task then waits on. A waker running in the loop
-# greenlet -- typically a protocol callback -- may switch straight into the parked fiber
-# (``_wake_direct``) instead of completing that Future and letting the Task wake the fiber one
-# loop iteration later. The fiber then runs outside its Task's step (``_direct``), with its Task
-# still waiting on the same, still pending ``_park``. When it parks again it switches back to the
-# waker (``_PARKED``); when it needs its Task again -- to await asyncio code, or to report that
-# its function finished -- it completes ``_park`` and switches back to the waker
-# (``_return_to_task``), and its driver resumes it at the next Task step.
-#
-# Invariants: only a greenlet that is the fiber's parent switches into it directly (a waker in
-# another fiber, or in a nested fiber's driver, completes ``_park`` instead); a directly resumed
-# fiber never switches to its parent with anything its driver would have to interpret, except the
-# foreign convention's awaitable, which ``_wake_direct`` passes on to the driver (``_foreign``).
-
-# What a parked fiber hands a direct waker; and what a direct waker sends in.
-_PARKED: Any = object()
-_WOKEN: Any = object()
-
-
-def _park(fiber: _Fiber) -> None:
-    """Suspend ``fiber`` (the caller) until a waker or its Task resumes it.
-
-    Raises what the Task throws in (cancellation). The caller re-checks its own condition.
-    """
-    if fiber._direct:
-        park = fiber._park
-        assert park is not None
-        if park.done():
-            # Cancelled while we ran outside the Task: let the Task deliver it.
-            fiber._direct = False
-        try:
-            fiber._direct = fiber.parent.switch(_PARKED) is _WOKEN  # type: ignore[union-attr]
-        except BaseException:
-            fiber._direct = False
-            raise
-        return
-    park = fiber._park
-    if park is None or park.done():
-        loop = asyncio.get_running_loop()
-        park = fiber._park = loop.create_future()
-        fiber._task = _current_task(loop)
-    park._asyncio_future_blocking = True
-    try:
-        fiber._direct = fiber.parent.switch(park) is _WOKEN  # type: ignore[union-attr]
-    except BaseException:
-        fiber._direct = False
-        raise
-
-
-def _return_to_task(fiber: _Fiber) -> None:
-    """Called by a directly resumed fiber that needs its Task's step: come back inside it."""
-    park = fiber._park
-    fiber._direct = False
-    assert park is not None
-    if not park.done():
-        park.set_result(None)
-    fiber.parent.switch(_PARKED)  # type: ignore[union-attr]
-
-
-def _finish_in_task(fiber: _Fiber) -> None:
-    """A directly resumed fiber whose call has finished goes back to its Task to report.
-
-    Its function has already returned or raised: a cancellation its Task receives meanwhile came
-    too late to interrupt it (as ``Task.cancel()`` of a coroutine that has returned would be). The
-    outcome wins, and the cancellation request is withdrawn (``uncancel``) so that the Task's
-    ``cancelling()`` count stays true for TaskGroups and timeouts.
-    """
-    try:
-        _return_to_task(fiber)
-    except GreenletExit:
-        raise
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-    except BaseException:  # e.g. GeneratorExit from close(): the outcome is reported all the same
-        pass
-
-
-def _resume(fiber: _Fiber) -> bool:
-    """Resume a fiber parked by ``_park``: directly when the caller is its parent (the loop
-    greenlet), else through its Task. False when the fiber's Task is being cancelled (the park
-    Future is done), in which case the fiber will see ``CancelledError`` and is not resumed."""
-    park = fiber._park
-    if park is None or park.done():
-        return False
-    if getcurrent() is fiber.parent:
-        # The fiber runs as its own Task, as far as asyncio.current_task() can tell, for as long
-        # as it runs here; whatever Task the waker runs in is current again afterwards.
-        loop = park.get_loop()
-        task = fiber._task
-        assert task is not None  # recorded by _park, which created ``park`` inside the Task
-        if _swap_current_task is not None:  # Python >= 3.12: one call each way
-            waker_task = _swap_current_task(loop, task)
-            try:
-                fiber._direct = True
-                out = fiber.switch(_WOKEN)
-            finally:
-                _swap_current_task(loop, waker_task)
-        else:
-            waker_task = _current_task(loop)
-            if waker_task is not None:
-                _leave_task(loop, waker_task)
-            _enter_task(loop, task)
-            try:
-                fiber._direct = True
-                out = fiber.switch(_WOKEN)
-            finally:
-                _leave_task(loop, task)
-                if waker_task is not None:
-                    _enter_task(loop, waker_task)
-        if out is not _PARKED:
-            _pass_to_driver(fiber, out)
-    else:
-        fiber._direct = False
-        park.set_result(None)
-    return True
-
-
-def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
-    """A directly resumed fiber used the foreign convention (``parent.switch(awaitable)``):
-    hand the awaitable to its driver and let its Task step await it."""
-    assert fiber._park is not None
-    fiber._direct = False
-    fiber._handover = awaitable
-    fiber._park.set_result(None)
 
 
 async def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -570,9 +448,27 @@ def in_green() -> bool:
     )
 
 
+# The backends ``gb.run`` and the pytest plugin know; "asyncio+eager" is asyncio's loop with
+# ``asyncio.eager_task_factory`` (Python 3.12+), where a new Task's first step runs inside the
+# code that creates it -- possibly a fiber.
+BACKENDS = ("asyncio", "asyncio+eager", "uvloop")
+
+
+def _eager_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined, unused-ignore]
+    return loop
+
+
 def _loop_factory(backend: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if backend == "asyncio":
         return None
+    if backend == "asyncio+eager":
+        if not hasattr(asyncio, "eager_task_factory"):
+            raise RuntimeError(
+                "backend='asyncio+eager' needs Python 3.12 or later (asyncio.eager_task_factory)"
+            )
+        return _eager_loop
     if backend == "uvloop":
         try:
             import uvloop
@@ -581,7 +477,7 @@ def _loop_factory(backend: str) -> Callable[[], asyncio.AbstractEventLoop] | Non
                 "backend='uvloop' needs the uvloop package: pip install 'greenbridge[uvloop]'"
             ) from exc
         return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
-    raise ValueError(f"backend must be 'asyncio' or 'uvloop', got {backend!r}")
+    raise ValueError(f"backend must be 'asyncio', 'asyncio+eager' or 'uvloop', got {backend!r}")
 
 
 def run(
@@ -595,7 +491,8 @@ def run(
     """Run ``fn(*args, **kwargs)`` in a green fiber on a new event loop; return its result.
 
     The entry point of a direct-style program, like ``asyncio.run``: a new loop (``backend``
-    ``"asyncio"`` or ``"uvloop"``), ``fn`` run in a fiber hosted by the main Task; on exit the
+    ``"asyncio"``, ``"asyncio+eager"`` -- asyncio's loop with ``asyncio.eager_task_factory``,
+    Python 3.12+ -- or ``"uvloop"``), ``fn`` run in a fiber hosted by the main Task; on exit the
     Tasks left over are cancelled and awaited, async generators and the default executor are
     shut down, and the loop is closed. ``debug=True`` turns on asyncio's debug mode.
     An exception ``fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included) is re-raised
@@ -603,7 +500,8 @@ def run(
 
     Raises ``RuntimeError`` when an event loop is already running in this thread (from green code
     call ``fn`` directly; from a coroutine ``await gb.spawn_green(fn)``), ``ValueError`` for an
-    unknown backend, ``RuntimeError`` when uvloop is asked for and not installed.
+    unknown backend, ``RuntimeError`` when uvloop is asked for and not installed or eager tasks on
+    Python 3.11.
     """
     if asyncio._get_running_loop() is not None:
         raise RuntimeError(

@@ -48,14 +48,16 @@ Rejected designs
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from ._cancel import _cancel_pending, _fiber_task, protect, yield_
-from ._core import spawn_green
+from ._cancel import _fiber_task, protect, yield_
+from ._control import _cancel_pending
+from ._core import _drive
 from ._errors import SwitchFinishedError
 from ._sync import Promise
 from ._waiter import Waiter
@@ -74,15 +76,35 @@ _fiber_switch: dict[greenlet, Switch] = {}
 _open_switches: dict[Switch, greenlet] = {}
 
 
+@types.coroutine
+def _reschedule() -> Any:
+    """A bare yield: the Task steps again at the back of the loop's ready queue."""
+    yield
+
+
 class _Child:
     """One fiber forked on a switch."""
 
-    __slots__ = ("cancel_requested", "daemon", "on_value", "promise", "started", "task")
+    __slots__ = (
+        "cancel_requested",
+        "daemon",
+        "doomed",
+        "forking",
+        "on_value",
+        "promise",
+        "started",
+        "task",
+        "watched",
+    )
 
-    # Invariants: started is False until the fiber's function is about to run; a child is
-    # cancelled through its Task only once started (before that, cancel_requested makes it
-    # cancel itself on start, so that its function runs and sees the cancellation at its first
-    # suspension point, as Eio does, and the switch's bookkeeping in _run_child always runs).
+    # Invariants: started is False until _run_child begins; a child is cancelled through its
+    # Task only once started. Before that, doomed (the switch failed, was cancelled, or its
+    # non-daemon work is done) makes _run_child skip the function altogether (Eio: "the new
+    # fiber doesn't start") and only do the bookkeeping; cancel_requested alone (a loser of
+    # fiber.any) makes the fiber cancel itself on start, so that its function runs up to its
+    # first suspension point, as Eio's raw forks do. forking is
+    # True only while fork() creates the child's Task (an eager task factory steps it there).
+    # watched is True once a done-callback covers a Task cancelled before its first step.
 
     def __init__(
         self,
@@ -95,6 +117,9 @@ class _Child:
         self.on_value = on_value
         self.started = False
         self.cancel_requested = False
+        self.doomed = False
+        self.forking = False
+        self.watched = False
         self.task: asyncio.Task[None] | None = None
 
 
@@ -157,10 +182,11 @@ class Switch:
     def fork(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
         """Run ``fn(*args)`` in a new fiber on this switch (see the scheduling order above).
 
-        Its exception fails the switch. Never suspends. Forking on a failing switch creates a
-        fiber that is cancelled at its first suspension point. Raises ``SwitchFinishedError``
-        once the switch's body and fibers have finished, ``RuntimeError`` before it is entered,
-        ``TypeError`` at once when ``fn`` is not callable.
+        Its exception fails the switch. Never suspends. A fiber forked on a switch that has
+        failed or been cancelled, or once its non-daemon work is done, does not start: ``fn``
+        never runs (Eio's rule). Raises ``SwitchFinishedError`` from the release hooks on and
+        once the switch has finished, ``RuntimeError`` before it is entered, ``TypeError`` at
+        once when ``fn`` is not callable.
         """
         self._fork(fn, args, False, None, None)
 
@@ -192,24 +218,51 @@ class Switch:
         if not callable(fn):
             raise TypeError(f"Switch.fork() needs a callable, got {type(fn).__name__!r}")
         child = _Child(daemon, promise, on_value)
+        if self._failing or (state == _EXITING and self._non_daemons == 0):
+            child.cancel_requested = child.doomed = True  # it will not start (see fork)
         assert self._loop is not None
-        child.task = self._loop.create_task(spawn_green(self._run_child, child, fn, args))
+        # Recorded before its Task exists: an eager task factory steps the Task inside
+        # create_task, and _child_main must find the child registered.
         self._children[child] = None
         if not daemon:
             self._non_daemons += 1
-        if self._failing:
-            child.cancel_requested = True
+        child.forking = True
+        try:
+            child.task = self._loop.create_task(self._child_main(child, fn, args))
+        except BaseException:
+            self._forget(child)
+            raise
+        finally:
+            child.forking = False
         return child
+
+    async def _child_main(self, child: _Child, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """The coroutine of a forked fiber's Task."""
+        if child.forking:
+            # An eager task factory runs this first step inside fork(): start at the back of the
+            # ready queue instead, so that the documented fork order holds in every mode.
+            await _reschedule()
+        await _drive(self._run_child, (child, fn, args), {})
+
+    def _forget(self, child: _Child) -> None:
+        del self._children[child]
+        if not child.daemon:
+            self._non_daemons -= 1
 
     def _run_child(self, child: _Child, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """The body of every forked fiber: run ``fn``, report its outcome, do the bookkeeping."""
+        child.started = True
+        if child.doomed:  # the fiber does not start: only the bookkeeping runs
+            if child.promise is not None:
+                child.promise.reject(asyncio.CancelledError("forked on a switch that was cancelled"))
+            self._child_finished(child)
+            return
         me = getcurrent()
         _fiber_switch[me] = self
-        child.started = True
         try:
             if child.cancel_requested:
                 assert child.task is not None
-                child.task.cancel()  # delivered at fn's first suspension point
+                child.task.cancel()  # a race's loser: delivered at fn's first suspension point
             value = fn(*args)
             if child.promise is not None:
                 child.promise.resolve(value)
@@ -231,9 +284,7 @@ class Switch:
             self._child_finished(child)
 
     def _child_finished(self, child: _Child) -> None:
-        del self._children[child]
-        if not child.daemon:
-            self._non_daemons -= 1
+        self._forget(child)
         if self._state == _EXITING:
             if not self._children:
                 waiter = self._exit_waiter
@@ -266,22 +317,24 @@ class Switch:
             assert self._host is not None
             self._host.cancel()
 
-    def _cancel_children(self, spare: _Child | None) -> None:
+    def _cancel_children(self, spare: _Child | None, doom: bool = True) -> None:
+        """Cancel every child but ``spare``; ``doom``: those not started yet never start."""
         for child in list(self._children):
             if child is not spare:
-                self._cancel_child(child)
+                self._cancel_child(child, doom)
 
     def _cancel_daemons(self) -> None:
         for child in list(self._children):
             if child.daemon:
-                self._cancel_child(child)
+                self._cancel_child(child, True)
 
     @staticmethod
-    def _cancel_child(child: _Child) -> None:
-        if child.cancel_requested:
-            return
-        child.cancel_requested = True
-        if child.started:
+    def _cancel_child(child: _Child, doom: bool) -> None:
+        if not child.started:
+            child.cancel_requested = True
+            child.doomed = child.doomed or doom
+        elif not child.cancel_requested:
+            child.cancel_requested = True
             assert child.task is not None
             child.task.cancel()
 
@@ -291,10 +344,12 @@ class Switch:
         """Call ``fn(*args)`` when the switch finishes: after every fiber ended, last registered
         first, shielded from cancellation (``protect``). Its exception fails the switch.
 
-        Never suspends. On a switch that has already released, ``fn`` is run at once (so the
-        resource is not leaked) and ``SwitchFinishedError`` is raised.
+        Never suspends. Called once the release phase has begun -- from a release hook, or on a
+        finished switch -- ``fn`` is run at once, protected (so the resource is not leaked), and
+        then ``SwitchFinishedError`` is raised (Eio's rule). ``fork`` from a release hook raises
+        ``SwitchFinishedError`` too: every fiber of the switch has ended by then.
         """
-        if self._state == _FINISHED:
+        if self._state == _RELEASING or self._state == _FINISHED:
             try:
                 protect(fn, *args)
             finally:
@@ -314,12 +369,18 @@ class Switch:
     # -- the block -------------------------------------------------------------------------------
 
     def __enter__(self) -> Switch:
-        """Open the switch in the calling fiber. Never suspends (except once right after a direct
-        resumption). Raises ``NoGreenContext`` outside green code, ``RuntimeError`` when the
-        switch was entered before."""
+        """Open the switch in the calling fiber.
+
+        A cancellation already pending for the calling fiber (requested while it ran, e.g. by
+        ``task.cancel()`` or an enclosing switch's failure) is raised here, before the body runs:
+        entering a switch is then a cancellation point, as in Eio. Otherwise never suspends
+        (except once right after a direct resumption). Raises ``NoGreenContext`` outside green
+        code, ``RuntimeError`` when the switch was entered before."""
         if self._state != _NEW:
             raise RuntimeError(f"{self!r} was already entered; a Switch is used once")
         host = _fiber_task("gb.Switch()")
+        if _cancel_pending(host):
+            yield_()  # the Task's next step raises the pending CancelledError here
         self._host = host
         self._loop = host.get_loop()
         self._base_cancelling = host.cancelling()
@@ -380,18 +441,35 @@ class Switch:
             if self._non_daemons == 0:
                 self._cancel_daemons()
             self._exit_waiter = waiter = Waiter()
+            self._watch_unstarted()
             try:
                 waiter.wait()
             except asyncio.CancelledError:
                 self._failing = True
                 self._cancel_children(None)
-                # A child whose Task asyncio cancelled before its first step (a loop shutting
-                # down) never ran _run_child: it will not report.
-                for child in [c for c in self._children if not c.started and c.task.done()]:  # type: ignore[union-attr]
-                    del self._children[child]
-                    self._non_daemons -= not child.daemon
             finally:
                 self._exit_waiter = None
+
+    def _watch_unstarted(self) -> None:
+        """Cover the children whose Task has not taken its first step with a done-callback.
+
+        A Task that asyncio cancels before its first step (a "cancel every task" sweep, a loop
+        shutting down) never runs its coroutine, so ``_run_child`` never reports: the callback
+        does the bookkeeping instead. Only children still unstarted when the host starts to
+        wait pay for it; a started child reports from its own ``finally``.
+        """
+        for child in self._children:
+            if not child.started and not child.watched:
+                child.watched = True
+                assert child.task is not None
+                child.task.add_done_callback(functools.partial(self._unstarted_done, child))
+
+    def _unstarted_done(self, child: _Child, task: asyncio.Task[None]) -> None:
+        if not child.started and child in self._children:
+            child.started = True
+            if child.promise is not None:
+                child.promise.reject(asyncio.CancelledError("the fiber was cancelled before it started"))
+            self._child_finished(child)
 
     def _run_releases(self) -> None:
         releases = self._releases

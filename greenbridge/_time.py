@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TypeVar, TypeVarTuple
 
+from ._control import _cancel_pending
 from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 from ._waiter import Waiter
@@ -61,8 +62,20 @@ class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> bool | None:
-        assert self._timeout is not None
-        return await_from_green(self._timeout.__aexit__(exc_type, exc, tb))
+        timeout = self._timeout
+        assert timeout is not None
+        if exc is None and timeout.expired():
+            # The time ran out while the block could not be cancelled (inside gb.protect, which
+            # leaves the cancellation pending): leaving the block is then a cancellation point,
+            # so that the block raises TimeoutError rather than the cancellation outliving it.
+            task = asyncio.current_task()
+            if task is not None and _cancel_pending(task):
+                try:
+                    await_from_green(asyncio.sleep(0))
+                except asyncio.CancelledError as cancelled:
+                    aexit = timeout.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
+                    return await_from_green(aexit)
+        return await_from_green(timeout.__aexit__(exc_type, exc, tb))
 
 
 def timeout(seconds: float | None) -> AbstractContextManager[asyncio.Timeout]:

@@ -28,7 +28,8 @@ from typing import Any
 
 from greenlet import getcurrent
 
-from ._core import _Fiber, _no_green_message, _park, _resume, await_from_green, in_green
+from ._control import _park, _resume
+from ._core import _Fiber, _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 
 __all__ = ("Waiter",)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from ._cancel import await_cancel, check, yield_
+from ._control import _rearm
 from ._switch import Switch, _Child
 
 __all__ = ("all", "any", "await_cancel", "both", "check", "first", "map", "pair", "yield_")
@@ -121,7 +122,7 @@ def any(
     def on_value(child: _Child, value: Any) -> None:
         if not won:
             won.append(value)
-            sw._cancel_children(child)  # the losers
+            sw._cancel_children(child, doom=False)  # the losers run up to their first suspension
         elif combine is not None:
             won[0] = combine(won[0], value)
 
@@ -134,10 +135,8 @@ def any(
             raise
         # The caller was cancelled after a value was obtained: keep the value, and re-arm the
         # cancellation for the caller's next suspension point.
-        task = sw._host
-        assert task is not None
-        task.uncancel()
-        task.cancel()
+        assert sw._host is not None
+        _rearm(sw._host)
         return won[0]
     if not won:
         raise asyncio.CancelledError("every fiber of fiber.any() ended cancelled")

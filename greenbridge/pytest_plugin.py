@@ -11,16 +11,19 @@ Tests
 
 The backend
 -----------
-``--greenbridge-backend`` picks the event loop: ``asyncio``, ``uvloop``, or several --
-``asyncio,uvloop`` or ``all`` -- to run every greenbridge test once per backend in the same
-session (the tests are parametrized, with ids such as ``test_x[uvloop]``). Default, in order:
+``--greenbridge-backend`` picks the event loop: ``asyncio``, ``asyncio+eager`` (asyncio's loop
+with ``asyncio.eager_task_factory``, Python 3.12+), ``uvloop``, or several --
+``asyncio,uvloop`` or ``all`` (every backend this Python has) -- to run every greenbridge test
+once per backend in the same session (the tests are parametrized, with ids such as
+``test_x[uvloop]``). Default, in order:
 the option, the ``GREENBRIDGE_BACKEND`` environment variable, the ``greenbridge_backend`` ini
 setting, ``asyncio``. A single test can pin its backend with
 ``@pytest.mark.parametrize("gb_backend", ["uvloop"])``.
 
 Fixtures
 --------
-* ``gb_backend`` -- the backend this test runs on: ``"asyncio"`` or ``"uvloop"``.
+* ``gb_backend`` -- the backend this test runs on: ``"asyncio"``, ``"asyncio+eager"`` or
+  ``"uvloop"``.
 * ``run_green(fn, *args, **kwargs)`` -- ``gb.run`` on that backend, in debug mode; returns the
   result.
 * ``run_async(coro_fn, *args)`` -- runs a coroutine function on a fresh loop of that backend,
@@ -40,13 +43,13 @@ from typing import Any, TypeVar
 import pytest
 from greenlet import GreenletExit, greenlet
 
-from ._core import _live_fibers, _loop_factory, run
+from ._core import BACKENDS, _live_fibers, _loop_factory, run
 
 __all__ = ("BACKENDS",)
 
 T = TypeVar("T")
 
-BACKENDS = ("asyncio", "uvloop")
+_EAGER_AVAILABLE = hasattr(asyncio, "eager_task_factory")  # Python 3.12+
 
 _OPTION = "--greenbridge-backend"
 _ENV = "GREENBRIDGE_BACKEND"
@@ -67,9 +70,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="BACKENDS",
         default=None,
         help=(
-            "event loop(s) for greenbridge fixtures and @pytest.mark.green tests: asyncio, uvloop, "
-            f"a comma-separated list, or 'all' (default: ${_ENV}, else the {_INI} ini value, "
-            "else asyncio)"
+            "event loop(s) for greenbridge fixtures and @pytest.mark.green tests: asyncio, "
+            "asyncio+eager (3.12+), uvloop, a comma-separated list, or 'all' (what this Python has) "
+            f"(default: ${_ENV}, else the {_INI} ini value, else asyncio)"
         ),
     )
     parser.addini(_INI, "default event loop(s) for greenbridge tests (see --greenbridge-backend)")
@@ -77,14 +80,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _parse_backends(value: str, source: str) -> tuple[str, ...]:
     if value.strip() == "all":
-        return BACKENDS
+        # Every backend this interpreter has: eager tasks need 3.12, uvloop its package.
+        return tuple(
+            name
+            for name in BACKENDS
+            if (name != "asyncio+eager" or _EAGER_AVAILABLE)
+            and (name != "uvloop" or importlib.util.find_spec("uvloop") is not None)
+        )
     names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
     unknown = [name for name in names if name not in BACKENDS]
     if not names or unknown:
         raise pytest.UsageError(
-            f"{source}: expected asyncio, uvloop, a comma-separated list of them or 'all', "
-            f"got {value!r}"
+            f"{source}: expected asyncio, asyncio+eager, uvloop, a comma-separated list of them "
+            f"or 'all', got {value!r}"
         )
+    if "asyncio+eager" in names and not _EAGER_AVAILABLE:
+        raise pytest.UsageError(f"{source} asks for asyncio+eager, which needs Python 3.12 or later")
     if "uvloop" in names and importlib.util.find_spec("uvloop") is None:
         raise pytest.UsageError(f"{source} asks for uvloop, which is not installed: pip install uvloop")
     return names
@@ -151,7 +162,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def gb_backend(request: pytest.FixtureRequest) -> str:
-    """The event loop backend this test runs on: "asyncio" or "uvloop"."""
+    """The event loop backend this test runs on: "asyncio", "asyncio+eager" or "uvloop"."""
     param: str | None = getattr(request, "param", None)
     return param if param is not None else _configured_backends(request.config)[0]
 

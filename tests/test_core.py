@@ -7,6 +7,7 @@ import contextvars
 import gc
 import logging
 import os
+import re
 import threading
 import traceback
 from collections.abc import Callable
@@ -248,17 +249,60 @@ def test_cancellation_caught_in_green_code_lets_the_fiber_finish(run_async: Run)
     assert run_async(main) == "recovered"
 
 
-def test_cancel_before_first_step_never_runs_the_function(run_async: Run) -> None:
+def test_cancel_before_first_step_never_runs_the_function(run_async: Run, gb_backend: str) -> None:
     ran: list[str] = []
 
     async def main() -> None:
         task = asyncio.create_task(gb.spawn_green(ran.append, "ran"))
         task.cancel()
+        if gb_backend == "asyncio+eager":
+            # An eager Task's first step ran inside create_task: the function has finished.
+            assert task.done() and await task is None
+            return
         with pytest.raises(asyncio.CancelledError):
             await task
 
     run_async(main)
-    assert ran == []
+    assert ran == (["ran"] if gb_backend == "asyncio+eager" else [])
+
+
+def test_the_documented_fork_order_holds_with_eager_tasks(run_async: Run) -> None:
+    """Under an eager task factory too, fork returns before the fiber runs, and fibers start in
+    fork order once the forking fiber suspends."""
+    record: list[str] = []
+
+    def body() -> str:
+        with gb.Switch() as sw:
+            sw.fork(record.append, "first")
+            sw.fork(lambda: (gb.sleep(0.001), record.append("slept")))
+            sw.fork(record.append, "second")
+            record.append("body")
+        return "ok"
+
+    async def main() -> str:
+        asyncio.get_running_loop().set_task_factory(getattr(asyncio, "eager_task_factory", None))
+        return await gb.spawn_green(body)
+
+    assert run_async(main) == "ok"
+    assert record == ["body", "first", "second", "slept"]
+
+
+def test_protect_and_task_groups_from_green_code_with_eager_tasks(run_async: Run) -> None:
+    def body() -> tuple[str, list[int]]:
+        protected = gb.protect(lambda: (gb.sleep(0.001), "protected")[1])
+
+        async def group() -> list[int]:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(gb.spawn_green(lambda i=i: (gb.sleep(0.001), i)[1])) for i in range(3)]
+            return [t.result() for t in tasks]
+
+        return protected, gb.await_from_green(group())
+
+    async def main() -> tuple[str, list[int]]:
+        asyncio.get_running_loop().set_task_factory(getattr(asyncio, "eager_task_factory", None))
+        return await gb.spawn_green(body)
+
+    assert run_async(main) == ("protected", [0, 1, 2])
 
 
 # -- 3. the awaited coroutine runs inside the fiber's own Task ----------------------------------
@@ -597,7 +641,7 @@ def test_run_inside_a_running_loop_is_a_clear_error(run_green: Run, run_async: R
 
 
 def test_bad_arguments_are_clear_errors(run_green: Run, run_async: Run) -> None:
-    with pytest.raises(ValueError, match="backend must be 'asyncio' or 'uvloop'"):
+    with pytest.raises(ValueError, match=re.escape("backend must be 'asyncio', 'asyncio+eager' or 'uvloop'")):
         gb.run(lambda: None, backend="trio")
     with pytest.raises(TypeError, match="needs a callable"):
         gb.run(42)  # type: ignore[arg-type]

@@ -270,6 +270,7 @@ def test_protect_returns_the_result_and_shares_contextvars(run_green: Run) -> No
 
 
 def test_protect_holds_cancellation_back_until_fn_finishes(run_async: Run) -> None:
+    """fn's result comes back; the cancellation is raised at the next cancellation point."""
     record: list[str] = []
 
     def cleanup() -> str:
@@ -279,10 +280,11 @@ def test_protect_holds_cancellation_back_until_fn_finishes(run_async: Run) -> No
 
     def green(started: asyncio.Event) -> None:
         started.set()
+        record.append(gb.protect(cleanup))
         try:
-            gb.protect(cleanup)
+            gb.sleep(0)
         except asyncio.CancelledError:
-            record.append("cancelled after protect")
+            record.append("cancelled at the next suspension")
             raise
 
     async def main() -> None:
@@ -294,7 +296,27 @@ def test_protect_holds_cancellation_back_until_fn_finishes(run_async: Run) -> No
             await task
 
     run_async(main)
-    assert record == ["cleanup finished", "cancelled after protect"]
+    assert record == ["cleanup finished", "done", "cancelled at the next suspension"]
+
+
+def test_protect_leaves_the_cancellation_for_fiber_check(run_async: Run) -> None:
+    def green(started: asyncio.Event) -> str:
+        started.set()
+        value = gb.protect(gb.sleep, 0.005)
+        assert value is None
+        fiber.check()  # raises the cancellation held back by protect
+        return "not cancelled"
+
+    async def main() -> None:
+        started = asyncio.Event()
+        task = asyncio.create_task(gb.spawn_green(green, started))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+    run_async(main)
 
 
 def test_protect_lets_a_real_error_win_over_cancellation(run_async: Run) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -14,7 +16,10 @@ import greenbridge as gb
 
 def loop_kind():
     loop = asyncio.get_running_loop()
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    if type(loop).__module__.startswith("uvloop"):
+        return "uvloop"
+    eager = getattr(asyncio, "eager_task_factory", None)
+    return "asyncio+eager" if eager is not None and loop.get_task_factory() is eager else "asyncio"
 
 @pytest.mark.green
 def test_probe(tmp_path, gb_backend):
@@ -57,20 +62,39 @@ def test_green_marker_runs_the_test_in_a_fiber_on_the_default_loop(pytester: pyt
     result.stdout.fnmatch_lines(["greenbridge backends: asyncio", "*PROBE green asyncio*"])
 
 
-@pytest.mark.parametrize("option", ["asyncio,uvloop", "all", " uvloop , asyncio "])
-def test_several_backends_parametrize_every_greenbridge_test(pytester: pytest.Pytester, option: str) -> None:
+EAGER = sys.version_info >= (3, 12)
+
+
+@pytest.mark.parametrize(
+    "option, backends",
+    [
+        ("asyncio,uvloop", ["asyncio", "uvloop"]),
+        (" uvloop , asyncio ", ["uvloop", "asyncio"]),
+        ("all", ["asyncio", "asyncio+eager", "uvloop"] if EAGER else ["asyncio", "uvloop"]),
+        pytest.param(
+            "asyncio+eager,uvloop",
+            ["asyncio+eager", "uvloop"],
+            marks=pytest.mark.skipif(not EAGER, reason="eager tasks need Python 3.12"),
+        ),
+    ],
+)
+def test_several_backends_parametrize_every_greenbridge_test(
+    pytester: pytest.Pytester, option: str, backends: list[str]
+) -> None:
     pytester.makepyfile(PROBE + "\ndef test_plain():\n    pass\n")
     result = run_inner(pytester, "-v", f"--greenbridge-backend={option}")
-    result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines_random(
-        [
-            "*::test_probe[[]asyncio[]] PASSED*",
-            "*::test_probe[[]uvloop[]] PASSED*",
-            "*::test_fixture[[]asyncio[]] PASSED*",
-            "*::test_fixture[[]uvloop[]] PASSED*",
-            "*::test_plain PASSED*",  # a test that uses no greenbridge fixture runs once
-        ]
-    )
+    result.assert_outcomes(passed=2 * len(backends) + 1)
+    expected = [f"*::test_{name}[[]{backend}[]] PASSED*" for name in ("probe", "fixture") for backend in backends]
+    # a test that uses no greenbridge fixture runs once
+    result.stdout.fnmatch_lines_random([*expected, "*::test_plain PASSED*"])
+
+
+@pytest.mark.skipif(EAGER, reason="Python 3.11 only: eager tasks need 3.12")
+def test_eager_backend_is_refused_before_python_3_12(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PROBE)
+    result = run_inner(pytester, "--greenbridge-backend=asyncio+eager")
+    result.stderr.fnmatch_lines(["*asyncio+eager, which needs Python 3.12 or later*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_backend_from_environment_ini_and_option(

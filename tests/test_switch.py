@@ -160,7 +160,11 @@ def test_body_failure_cancels_fibers_and_is_raised_with_its_traceback(run_green:
 
 
 def test_several_failures_are_raised_as_an_exception_group(run_green: Run) -> None:
+    """Eio's "both fibers fail": each fiber gets past its first suspension (protected), so the
+    second one has started when the first fails, and both failures are reported."""
+
     def fail_with(message: str) -> None:
+        gb.protect(fiber.yield_)
         raise Boom(message)
 
     def main() -> None:
@@ -171,6 +175,24 @@ def test_several_failures_are_raised_as_an_exception_group(run_green: Run) -> No
         assert [str(e) for e in info.value.exceptions] == ["one", "two"]
 
     run_green(main)
+
+
+def test_a_fiber_not_started_when_the_switch_fails_never_starts(run_green: Run) -> None:
+    """The first fiber fails before the second one's first step: the second never runs."""
+    record: list[str] = []
+
+    def fail_with(message: str) -> None:
+        record.append(f"{message} runs")
+        raise Boom(message)
+
+    def main() -> None:
+        with pytest.raises(Boom, match="one"):
+            with gb.Switch() as sw:
+                sw.fork(fail_with, "one")
+                sw.fork(fail_with, "two")
+
+    run_green(main)
+    assert record == ["one runs"]
 
 
 def test_cancellation_never_hides_a_real_error(run_green: Run) -> None:
@@ -230,25 +252,121 @@ def test_fail_then_exit_without_suspending_leaves_no_stray_cancellation(run_gree
     assert run_green(main) == "ok"
 
 
-def test_fork_on_a_failing_switch_runs_the_fiber_cancelled(run_green: Run) -> None:
+def test_a_fiber_forked_on_a_failing_switch_does_not_start(run_green: Run) -> None:
     record: list[str] = []
-
-    def late() -> None:
-        record.append("late starts")
-        try:
-            gb.sleep(0)
-        except asyncio.CancelledError:
-            record.append("late cancelled at its first suspension")
-            raise
 
     def main() -> None:
         with pytest.raises(Boom):
             with gb.Switch() as sw:
                 sw.fail(Boom())
-                sw.fork(late)
+                sw.fork(record.append, "late starts")
+                promise = sw.fork_promise(record.append, "promised starts")
+        with pytest.raises(asyncio.CancelledError):
+            promise.await_()
 
     run_green(main)
-    assert record == ["late starts", "late cancelled at its first suspension"]
+    assert record == []
+
+
+def test_a_fiber_forked_once_non_daemon_work_is_done_does_not_start(run_green: Run) -> None:
+    record: list[str] = []
+
+    def daemon(sw: gb.Switch) -> None:
+        try:
+            fiber.await_cancel()
+        finally:
+            sw.fork(record.append, "forked by a cancelled daemon")  # refused silently: not started
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.fork_daemon(daemon, sw)
+
+    run_green(main)
+    assert record == []
+
+
+def test_a_pending_cancellation_is_raised_when_a_switch_is_entered(run_green: Run) -> None:
+    """The issue's program: the switch raises at entry, and the later sleep never happens."""
+    record: list[str] = []
+
+    def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            with gb.Switch() as sw:
+                record.append("body ran")
+                sw.fork(record.append, "fiber ran")
+            record.append("exited normally")
+            gb.sleep(0.5)
+        except asyncio.CancelledError:
+            record.append("cancelled at entry")
+
+    run_green(main)
+    assert record == ["cancelled at entry"]
+
+
+@pytest.mark.parametrize("combinator", ["both", "all", "pair", "first", "any", "map"])
+def test_a_pending_cancellation_is_raised_when_a_combinator_starts(run_green: Run, combinator: str) -> None:
+    record: list[str] = []
+
+    def main() -> None:
+        calls = {
+            "both": lambda: fiber.both(lambda: record.append("f"), lambda: record.append("g")),
+            "all": lambda: fiber.all([lambda: record.append("f")]),
+            "pair": lambda: fiber.pair(lambda: record.append("f"), lambda: record.append("g")),
+            "first": lambda: fiber.first(lambda: record.append("f"), lambda: record.append("g")),
+            "any": lambda: fiber.any([lambda: record.append("f")]),
+            "map": lambda: fiber.map(record.append, ["f"]),
+        }
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            calls[combinator]()
+
+    run_green(main)
+    assert record == []
+
+
+def test_after_fail_in_the_body_a_later_sleep_and_both_are_cancelled(run_green: Run) -> None:
+    record: list[str] = []
+
+    def main() -> None:
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fail(Boom())
+                try:
+                    fiber.both(lambda: record.append("f"), lambda: record.append("g"))
+                except asyncio.CancelledError:
+                    record.append("both cancelled")
+                    raise
+
+    run_green(main)
+    assert record == ["both cancelled"]
+
+
+def test_on_release_from_a_release_hook_runs_at_once_then_raises(run_green: Run) -> None:
+    record: list[str] = []
+
+    def main() -> None:
+        with gb.Switch() as sw:
+
+            def hook() -> None:
+                record.append("hook")
+                try:
+                    sw.on_release(record.append, "nested hook")
+                except gb.SwitchFinishedError:
+                    record.append("on_release refused")
+                try:
+                    sw.fork(record.append, "forked from a hook")
+                except gb.SwitchFinishedError:
+                    record.append("fork refused")
+
+            sw.on_release(hook)
+
+    run_green(main)
+    assert record == ["hook", "nested hook", "on_release refused", "fork refused"]
 
 
 # -- daemons, promises, release hooks ----------------------------------------------------------------

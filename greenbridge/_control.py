@@ -1,0 +1,204 @@
+"""The plumbing: how control and cancellation move between fibers, their Tasks and wakers.
+
+Everything that switches a fiber out and back in, that delivers or withdraws a cancellation,
+lives here; the rest of greenbridge (the driver and ``await_from_green`` in ``_core``,
+``Waiter`` and the wait queue, ``Switch``, the combinators, the primitives, flows and servers)
+uses these functions and nothing lower. trio's split is the model: the objects that *start* a
+cancellation (``Switch``, ``gb.timeout``, a ``Task.cancel()`` from asyncio) are elsewhere; this
+module only *carries* it.
+
+The rules, and the one place each is enforced
+=============================================
+1. A fiber suspends only by switching to its parent (``_park``; ``await_from_green`` for an
+   asyncio awaitable), and is switched into only by its driver or -- while parked -- by a waker
+   running in its parent (``_resume``).
+2. The parent of a fiber is the greenlet that steps its driver *now*: ``_core._adopt`` re-parents
+   it on every Task step (an eager task factory steps a Task's first step inside its creator).
+3. A directly resumed fiber runs with its own Task current (``_resume``, through
+   ``_swap_current_task`` or ``_enter_task``/``_leave_task``), and goes back inside its Task's
+   step before it awaits asyncio code or reports its outcome (``_return_to_task``).
+4. Cancellation is asyncio's ``CancelledError``, thrown in by the Task at a suspension point; it
+   is never raised between two suspension points. A cancellation requested while the fiber runs
+   is visible as ``_cancel_pending``; a cancellation taken but owed to the caller is re-armed
+   with ``_rearm`` (``protect``, ``fiber.any``), never dropped; one that arrived after the fiber's
+   function had finished is withdrawn with ``uncancel`` (``_finish_in_task``) so that the Task's
+   ``cancelling()`` count stays true for TaskGroups and timeouts.
+5. A waker never hands a value to a fiber whose Task is being cancelled: ``_resume`` returns
+   False and the waker keeps the value (the wait queue passes it on); a value accepted before the
+   cancellation landed is taken back by the waiter (``Waiter.take_back``).
+6. Wakers run only on the loop's thread: ``_resume`` raises ``RuntimeError`` at once, before
+   anything changes, when called from another thread.
+7. The interpreter may raise ``KeyboardInterrupt`` at any line; inside these functions it is
+   deferred to the next safe point (``_ki``) so that no fiber, Task or wait is left half-switched.
+
+Direct resumption
+=================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from greenlet import GreenletExit, getcurrent
+
+if TYPE_CHECKING:
+    from ._core import _Fiber
+
+__all__ = ()
+
+# asyncio's bookkeeping of the running Task, used to make a directly resumed fiber's Task current
+# (the same functions asyncio's C Task step uses; present on every supported Python).
+_current_task = asyncio.current_task
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
+_swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
+
+# A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
+# driver a Future, ``_park``, that the hosting Task then waits on. A waker running in the loop
+# greenlet -- typically a protocol callback -- may switch straight into the parked fiber
+# (``_wake_direct``) instead of completing that Future and letting the Task wake the fiber one
+# loop iteration later. The fiber then runs outside its Task's step (``_direct``), with its Task
+# still waiting on the same, still pending ``_park``. When it parks again it switches back to the
+# waker (``_PARKED``); when it needs its Task again -- to await asyncio code, or to report that
+# its function finished -- it completes ``_park`` and switches back to the waker
+# (``_return_to_task``), and its driver resumes it at the next Task step.
+#
+# Invariants: only a greenlet that is the fiber's parent switches into it directly (a waker in
+# another fiber, or in a nested fiber's driver, completes ``_park`` instead); a directly resumed
+# fiber never switches to its parent with anything its driver would have to interpret, except the
+# foreign convention's awaitable, which ``_wake_direct`` passes on to the driver (``_foreign``).
+
+# What a parked fiber hands a direct waker; and what a direct waker sends in.
+_PARKED: Any = object()
+_WOKEN: Any = object()
+
+
+def _park(fiber: _Fiber) -> None:
+    """Suspend ``fiber`` (the caller) until a waker or its Task resumes it.
+
+    Raises what the Task throws in (cancellation). The caller re-checks its own condition.
+    """
+    if fiber._direct:
+        park = fiber._park
+        assert park is not None
+        if park.done():
+            # Cancelled while we ran outside the Task: let the Task deliver it.
+            fiber._direct = False
+        try:
+            fiber._direct = fiber.parent.switch(_PARKED) is _WOKEN  # type: ignore[union-attr]
+        except BaseException:
+            fiber._direct = False
+            raise
+        return
+    park = fiber._park
+    if park is None or park.done():
+        loop = asyncio.get_running_loop()
+        park = fiber._park = loop.create_future()
+        fiber._task = _current_task(loop)
+    park._asyncio_future_blocking = True
+    try:
+        fiber._direct = fiber.parent.switch(park) is _WOKEN  # type: ignore[union-attr]
+    except BaseException:
+        fiber._direct = False
+        raise
+
+
+def _return_to_task(fiber: _Fiber) -> None:
+    """Called by a directly resumed fiber that needs its Task's step: come back inside it."""
+    park = fiber._park
+    fiber._direct = False
+    assert park is not None
+    if not park.done():
+        park.set_result(None)
+    fiber.parent.switch(_PARKED)  # type: ignore[union-attr]
+
+
+def _finish_in_task(fiber: _Fiber) -> None:
+    """A directly resumed fiber whose call has finished goes back to its Task to report.
+
+    Its function has already returned or raised: a cancellation its Task receives meanwhile came
+    too late to interrupt it (as ``Task.cancel()`` of a coroutine that has returned would be). The
+    outcome wins, and the cancellation request is withdrawn (``uncancel``) so that the Task's
+    ``cancelling()`` count stays true for TaskGroups and timeouts.
+    """
+    try:
+        _return_to_task(fiber)
+    except GreenletExit:
+        raise
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    except BaseException:  # e.g. GeneratorExit from close(): the outcome is reported all the same
+        pass
+
+
+def _resume(fiber: _Fiber) -> bool:
+    """Resume a fiber parked by ``_park``: directly when the caller is its parent (the loop
+    greenlet), else through its Task. False when the fiber's Task is being cancelled (the park
+    Future is done), in which case the fiber will see ``CancelledError`` and is not resumed."""
+    park = fiber._park
+    if park is None or park.done():
+        return False
+    if getcurrent() is fiber.parent:
+        # The fiber runs as its own Task, as far as asyncio.current_task() can tell, for as long
+        # as it runs here; whatever Task the waker runs in is current again afterwards.
+        loop = park.get_loop()
+        task = fiber._task
+        assert task is not None  # recorded by _park, which created ``park`` inside the Task
+        if _swap_current_task is not None:  # Python >= 3.12: one call each way
+            waker_task = _swap_current_task(loop, task)
+            try:
+                fiber._direct = True
+                out = fiber.switch(_WOKEN)
+            finally:
+                _swap_current_task(loop, waker_task)
+        else:
+            waker_task = _current_task(loop)
+            if waker_task is not None:
+                _leave_task(loop, waker_task)
+            _enter_task(loop, task)
+            try:
+                fiber._direct = True
+                out = fiber.switch(_WOKEN)
+            finally:
+                _leave_task(loop, task)
+                if waker_task is not None:
+                    _enter_task(loop, waker_task)
+        if out is not _PARKED:
+            _pass_to_driver(fiber, out)
+    else:
+        fiber._direct = False
+        park.set_result(None)
+    return True
+
+
+def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
+    """A directly resumed fiber used the foreign convention (``parent.switch(awaitable)``):
+    hand the awaitable to its driver and let its Task step await it."""
+    assert fiber._park is not None
+    fiber._direct = False
+    fiber._handover = awaitable
+    fiber._park.set_result(None)
+
+
+def _cancel_pending(task: asyncio.Task[Any]) -> bool:
+    """True when ``task.cancel()`` was called while it ran and its next step will raise.
+
+    Reads ``_must_cancel``, which both the C and the Python Task implement; there is no public
+    way to see a cancellation requested while the Task is running.
+    """
+    return bool(getattr(task, "_must_cancel", False))
+
+
+def _rearm(task: asyncio.Task[Any]) -> None:
+    """Leave a cancellation that was taken (raised and caught) pending again for ``task``'s
+    next step, without changing its ``cancelling()`` count.
+
+    Caveat before Python 3.13: ``uncancel()`` does not withdraw a re-armed cancellation, so one
+    re-armed inside an ``asyncio.timeout`` block that is left without suspending again surfaces
+    at the next suspension after the block (``gb.timeout`` delivers it on exit instead).
+    """
+    task.uncancel()
+    task.cancel()
