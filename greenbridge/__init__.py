@@ -38,6 +38,19 @@ from ._time import with_timeout as with_timeout
 
 __version__ = "0.1.0"
 
+# Public submodules, reachable as attributes (``gb.fiber.first``) without importing them by hand;
+# imported on first use so that ``import greenbridge`` stays as light as it was.
+_SUBMODULES = frozenset({"fiber", "flow", "net", "testing"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = (
     "BufReader",
     "BufWriter",

@@ -183,6 +183,28 @@ def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
     fiber._park.set_result(None)
 
 
+def _thread_root(glet: Any) -> Any:
+    """The main greenlet of the thread ``glet`` belongs to (every parent chain ends there)."""
+    while glet.parent is not None:
+        glet = glet.parent
+    return glet
+
+
+def _check_waker_thread(fiber: _Fiber) -> None:
+    """Raise ``RuntimeError`` when the caller cannot wake ``fiber``: it runs in another thread
+    than the loop the fiber is parked on. Called before anything is changed."""
+    park = fiber._park
+    if park is None:
+        return
+    if asyncio._get_running_loop() is park.get_loop() or _thread_root(getcurrent()) is _thread_root(fiber):
+        return
+    raise RuntimeError(
+        "a greenbridge primitive (Promise, Stream, Event, a lock...) was used from another thread "
+        "than its event loop's; they are not thread-safe: from another thread call "
+        "loop.call_soon_threadsafe(promise.resolve, value) (or the method you need) instead"
+    )
+
+
 def _cancel_pending(task: asyncio.Task[Any]) -> bool:
     """True when ``task.cancel()`` was called while it ran and its next step will raise.
 

@@ -104,17 +104,18 @@ Rejected designs (figures: benchmarks/bench_crossing.py, median ns, CPython 3.11
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
 import threading
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, ParamSpec, TypeVar, cast
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from ._control import _finish_in_task, _return_to_task
+from ._control import _finish_in_task, _return_to_task, _thread_root
 from ._errors import NoGreenContext
 
 __all__ = (
@@ -177,6 +178,37 @@ def _idle_fibers() -> list[_Fiber]:
         return idle
 
 
+async def _pool_guard() -> AsyncGenerator[None, None]:
+    """An async generator whose only job is to be closed by ``loop.shutdown_asyncgens()``.
+
+    Idle fibers must not outlive the loop they served: a thread that ends with fibers in its pool
+    leaks them for good (a greenlet cannot be killed from another thread). ``asyncio.run``,
+    ``asyncio.Runner`` and ``gb.run`` all call ``shutdown_asyncgens()`` before closing the loop,
+    on asyncio's loop and on uvloop alike, so a guard registered with the running loop (through
+    its first-iteration hook) empties the pool then, for the price of one generator per loop.
+    """
+    try:
+        yield
+    finally:
+        _drain_pool()
+
+
+def _guard_pool() -> None:
+    """Make sure the running loop will empty this thread's pool when it shuts down."""
+    loop = asyncio._get_running_loop()
+    if loop is None or getattr(_local, "guarded_loop", None) is loop:
+        return
+    old = getattr(_local, "guard", None)
+    if old is not None:  # a guard of a loop that was closed without shutdown_asyncgens()
+        _local.guard = None
+        with contextlib.suppress(StopIteration):
+            old.aclose().send(None)
+    guard = _pool_guard()
+    with contextlib.suppress(StopIteration):
+        guard.asend(None).send(None)  # first iteration: the loop's hook now tracks the guard
+    _local.guard, _local.guarded_loop = guard, loop
+
+
 def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The body of every fiber greenlet: run one call, report, wait in the pool for the next."""
     fiber = cast(_Fiber, getcurrent())
@@ -194,6 +226,8 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         fiber._park = fiber._task = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
+        if not idle:
+            _guard_pool()
         idle.append(fiber)
         fn, args, kwargs = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
 
@@ -549,18 +583,25 @@ def _green_frames(fiber: greenlet) -> Generator[types.FrameType, None, None]:
 
 
 def _live_fibers() -> list[greenlet]:
-    """Fibers running a call right now (suspended or not); idle pooled fibers are not counted."""
+    """This thread's fibers running a call right now (suspended or not); idle pooled fibers and
+    other threads' fibers are not counted."""
     import gc
 
     idle = {id(fiber) for fiber in _idle_fibers()}
+    root = _thread_root(getcurrent())
     return [
-        obj for obj in gc.get_objects() if type(obj) is _Fiber and not obj.dead and id(obj) not in idle
+        obj
+        for obj in gc.get_objects()
+        if type(obj) is _Fiber and not obj.dead and id(obj) not in idle and _thread_root(obj) is root
     ]
 
 
 def _drain_pool() -> None:
     """Let this thread's idle fibers die (each is switched into once, to leave its loop)."""
     idle = _idle_fibers()
+    here = getcurrent()
     while idle:
-        idle.pop().throw(GreenletExit)
+        fiber = idle.pop()
+        fiber.parent = here  # it dies back into the caller, whatever it last served
+        fiber.throw(GreenletExit)
 

@@ -61,7 +61,9 @@ class Promise(Generic[T]):
     def resolve(self, value: T) -> None:
         """Fulfil the promise with ``value`` and wake every waiter. Never suspends.
 
-        Raises ``asyncio.InvalidStateError`` when it was already resolved or rejected.
+        Raises ``asyncio.InvalidStateError`` when it was already resolved or rejected, and
+        ``RuntimeError`` (changing nothing) when called from another thread than the loop of a
+        fiber waiting on it.
         """
         self._settle(_RESOLVED, value)
 
@@ -78,6 +80,8 @@ class Promise(Generic[T]):
     def _settle(self, state: int, outcome: Any) -> None:
         if self._state != _PENDING:
             raise asyncio.InvalidStateError(f"{self!r} was already resolved; a promise settles once")
+        if self._waiters:
+            self._waiters[0].check_waker()  # from another thread: refused before any change
         self._state, self._outcome = state, outcome
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

@@ -28,7 +28,7 @@ from typing import Any
 
 from greenlet import getcurrent
 
-from ._control import _park, _resume
+from ._control import _check_waker_thread, _park, _resume
 from ._core import _Fiber, _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 
@@ -102,11 +102,20 @@ class Waiter:
             raise
         return self._outcome()
 
+    def check_waker(self) -> None:
+        """Raise ``RuntimeError`` now, changing nothing, when a ``wake`` from the caller would
+        come from another thread than the waiting fiber's loop (see ``_check_waker_thread``)."""
+        fiber = self._fiber
+        if fiber is not None and getcurrent() is not fiber.parent:
+            _check_waker_thread(fiber)
+
     def _settle(self, state: int, value: Any) -> bool:
         if self._state != _PENDING:
             return False
         fiber = self._fiber
         if fiber is not None:
+            if getcurrent() is not fiber.parent:  # a direct waker is on the fiber's thread
+                _check_waker_thread(fiber)
             self._state, self._value = state, value
             if not _resume(fiber):  # its Task is being cancelled: refuse the value
                 self._state, self._value = _PENDING, None
