@@ -53,6 +53,13 @@ _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 _swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
+_get_running_loop = asyncio._get_running_loop
+
+
+def _running_task() -> asyncio.Task[Any] | None:
+    """The Task being stepped now, None outside one (or with no running loop)."""
+    loop = _get_running_loop()
+    return None if loop is None else _current_task(loop)
 
 # A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
 # driver a Future, ``_park``, that the hosting Task then waits on. A waker running in the loop
@@ -130,7 +137,7 @@ def _finish_in_task(fiber: _Fiber) -> None:
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-    except BaseException:  # e.g. GeneratorExit from close(): the outcome is reported all the same
+    except GeneratorExit:  # the driver was closed: the outcome is reported all the same
         pass
 
 
@@ -224,3 +231,66 @@ def _rearm(task: asyncio.Task[Any]) -> None:
     """
     task.uncancel()
     task.cancel()
+
+
+# -- KeyboardInterrupt protection ----------------------------------------------------------------
+#
+# asyncio.Runner's SIGINT handler cancels the main Task on the first Ctrl-C and raises
+# KeyboardInterrupt on the next one, wherever Python is executing -- possibly in the middle of a
+# switch, between making a Task current and the ``try`` that undoes it. ``gb.run`` installs
+# ``_SigintHandler`` instead, which behaves the same except that an interrupt landing in
+# greenbridge's own frames is deferred: it is raised from a loop callback of its own at the next
+# loop iteration (trio's ``enable_ki_protection`` is the model), which ends the loop exactly as an
+# interrupt raised in a callback ends ``asyncio.run``. A frame is protected when the innermost
+# frame that is neither asyncio's nor greenlet's machinery belongs to greenbridge; frames of
+# user code, including user code greenbridge calls (a fiber's function), are not.
+
+_INFRASTRUCTURE = ("asyncio", "selectors", "greenlet", "contextlib", "functools", "contextvars")
+_UNPROTECTED_CODES: set[Any] = set()  # greenbridge frames that are entry points (gb.run)
+
+
+def _ki_protected(frame: Any) -> bool:
+    """True when an interrupt arriving in ``frame`` would land inside greenbridge's plumbing."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("greenbridge.") or module == "greenbridge":
+            return frame.f_code not in _UNPROTECTED_CODES
+        if module.split(".", 1)[0] not in _INFRASTRUCTURE:
+            return False
+        frame = frame.f_back
+    return False
+
+
+class _SigintHandler:
+    """``gb.run``'s SIGINT handler: asyncio.Runner's, with the interrupt deferred out of the
+    plumbing (see above)."""
+
+    __slots__ = ("deferred", "interrupts", "loop", "main")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.main: asyncio.Task[Any] | None = None
+        self.interrupts = 0
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.interrupts += 1
+        main = self.main
+        if self.interrupts == 1 and main is not None and not main.done():
+            main.cancel()  # as asyncio.Runner: the first Ctrl-C cancels the program
+            self.loop.call_soon_threadsafe(_nothing)  # wake a loop blocked in select()
+            return
+        if _ki_protected(frame) and not self.loop.is_closed():
+            if not self.deferred:
+                self.deferred = True
+                self.loop.call_soon_threadsafe(_raise_keyboard_interrupt)
+            return
+        raise KeyboardInterrupt()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt()

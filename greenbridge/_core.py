@@ -108,6 +108,7 @@ import contextlib
 import functools
 import inspect
 import os
+import signal
 import threading
 import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
@@ -115,7 +116,14 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from ._control import _finish_in_task, _return_to_task, _thread_root
+from ._control import (
+    _UNPROTECTED_CODES,
+    _finish_in_task,
+    _return_to_task,
+    _running_task,
+    _SigintHandler,
+    _thread_root,
+)
 from ._errors import NoGreenContext
 
 __all__ = (
@@ -287,6 +295,7 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     else:
         fiber = _Fiber(_fiber_main, driver)
     fiber.gr_context = driver.gr_context
+    fiber._task = _running_task()
     switch = fiber.switch
     out = switch(fn, args, kwargs)
     del fn, args, kwargs
@@ -405,6 +414,11 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     step = stepper.step
     out = step.send(awaitable)
     if out is not _STEPPED:
+        try:
+            _check_suspension(current)
+        except NoGreenContext as exc:
+            out = step.throw(exc)
+    if out is not _STEPPED:
         switch = current.parent.switch  # type: ignore[union-attr]
         while True:
             try:
@@ -427,6 +441,24 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     return cast(T, result)
 
 
+def _check_suspension(fiber: _Fiber) -> None:
+    """Raise ``NoGreenContext`` when ``fiber`` is running a step of another Task than its own.
+
+    That happens under an eager task factory: a Task that green code creates (``create_task``,
+    a ``TaskGroup``) takes its first step at once, on the fiber's stack; its coroutine is asyncio
+    code and must ``await``, since suspending the fiber would suspend the creator instead. Called
+    when an awaitable stepped by ``await_from_green`` is about to suspend (an awaitable that is
+    ready costs nothing more).
+    """
+    if _running_task() is not fiber._task:
+        raise NoGreenContext(
+            "await_from_green() was called from a coroutine running in a Task of its own that was "
+            "started inside green code (an eager task factory runs a new Task's first step at "
+            "once, in its creator): in a coroutine use 'await'; to run direct-style code from it "
+            "use 'await gb.spawn_green(fn, ...)'"
+        )
+
+
 # The optional C accelerator (``_speedups.c``) takes over the common case of await_from_green
 # and calls the Python implementation above for every other one. GREENBRIDGE_NO_SPEEDUPS=1
 # keeps the pure-Python path (the test suite runs both).
@@ -442,6 +474,7 @@ if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
             _Fiber,
             getcurrent,
             _await_from_green_py,
+            _check_suspension,
             f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
         )
         SPEEDUPS = True
@@ -547,9 +580,35 @@ def run(
         raise TypeError(f"gb.run() needs a callable, got {type(fn).__name__!r}")
     try:
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return runner.run(spawn_green(fn, *args, **kwargs))
+            return _run_main(runner, spawn_green(fn, *args, **kwargs))
     finally:
         _drain_pool()
+
+
+def _run_main(runner: asyncio.Runner, main: Coroutine[Any, Any, T]) -> T:
+    """``runner.run(main)`` with greenbridge's SIGINT handler (``_control._SigintHandler``) in
+    place of asyncio.Runner's, where Runner would install its own (main thread, default
+    handler)."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        return runner.run(main)
+    handler = _SigintHandler(runner.get_loop())
+
+    async def record_main() -> T:
+        handler.main = asyncio.current_task()
+        return await main
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        return runner.run(record_main())
+    except asyncio.CancelledError:
+        if handler.interrupts:
+            raise KeyboardInterrupt() from None  # as asyncio.Runner: the program was interrupted
+        raise
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -605,3 +664,5 @@ def _drain_pool() -> None:
         fiber.parent = here  # it dies back into the caller, whatever it last served
         fiber.throw(GreenletExit)
 
+
+_UNPROTECTED_CODES.update((run.__code__, _run_main.__code__))

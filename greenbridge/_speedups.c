@@ -19,6 +19,7 @@
 static PyObject *fiber_type;   /* _core._Fiber */
 static PyObject *getcurrent;   /* greenlet.getcurrent */
 static PyObject *slow_path;    /* _core._await_from_green_py */
+static PyObject *suspend_check; /* _core._check_suspension: raises when the fiber may not suspend */
 static PyObject *doc_holder;   /* keeps the docstring's UTF-8 buffer alive */
 static PyObject *str_direct, *str_parent, *str_switch, *str_throw, *str_value;
 
@@ -122,6 +123,21 @@ await_from_green(PyObject *module, PyObject *awaitable)
     PySendResult status = PyIter_Send(it, Py_None, &out);
     while (status == PYGEN_NEXT) {
         if (parent == NULL) {
+            PyObject *ok = PyObject_CallOneArg(suspend_check, current);
+            if (ok == NULL) {
+                /* Not the fiber's own Task (see _check_suspension): fail the awaitable. */
+                Py_DECREF(out);
+                out = NULL;
+                PyObject *exc = take_exception();
+                if (exc == NULL) {
+                    status = PYGEN_ERROR;
+                    break;
+                }
+                status = throw_into(it, exc, &out);
+                Py_DECREF(exc);
+                continue;
+            }
+            Py_DECREF(ok);
             parent = PyObject_GetAttr(current, str_parent);
             if (parent == NULL) {
                 Py_DECREF(out);
@@ -160,10 +176,11 @@ await_from_green(PyObject *module, PyObject *awaitable)
 static PyObject *
 init(PyObject *module, PyObject *args)
 {
-    PyObject *fiber, *current, *slow, *doc;
-    if (!PyArg_ParseTuple(args, "OOOU:init", &fiber, &current, &slow, &doc)) {
+    PyObject *fiber, *current, *slow, *check, *doc;
+    if (!PyArg_ParseTuple(args, "OOOOU:init", &fiber, &current, &slow, &check, &doc)) {
         return NULL;
     }
+    Py_XSETREF(suspend_check, Py_NewRef(check));
     Py_XSETREF(fiber_type, Py_NewRef(fiber));
     Py_XSETREF(getcurrent, Py_NewRef(current));
     Py_XSETREF(slow_path, Py_NewRef(slow));
@@ -187,7 +204,7 @@ init(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
-     "init(fiber_type, getcurrent, slow_path, doc) -> the C await_from_green"},
+     "init(fiber_type, getcurrent, slow_path, suspend_check, doc) -> the C await_from_green"},
     {NULL, NULL, 0, NULL},
 };
 
