@@ -238,10 +238,12 @@ def _rearm(task: asyncio.Task[Any]) -> None:
 # asyncio.Runner's SIGINT handler cancels the main Task on the first Ctrl-C and raises
 # KeyboardInterrupt on the next one, wherever Python is executing -- possibly in the middle of a
 # switch, between making a Task current and the ``try`` that undoes it. ``gb.run`` installs
-# ``_SigintHandler`` instead, which behaves the same except that an interrupt landing in
-# greenbridge's own frames is deferred: it is raised from a loop callback of its own at the next
-# loop iteration (trio's ``enable_ki_protection`` is the model), which ends the loop exactly as an
-# interrupt raised in a callback ends ``asyncio.run``. A frame is protected when the innermost
+# ``_SigintHandler`` instead, which behaves the same except where the interrupt lands in
+# greenbridge's own frames (trio's ``enable_ki_protection`` is the model): there the first Ctrl-C
+# cancels the program from a loop callback instead of in the middle of the line, and a later one
+# is owed -- the program is cancelled again and ``gb.run`` raises ``KeyboardInterrupt`` once
+# every fiber has unwound, exactly as ``asyncio.run`` ends on an interrupt. A frame is protected
+# when the innermost
 # frame that is neither asyncio's nor greenlet's machinery belongs to greenbridge; frames of
 # user code, including user code greenbridge calls (a fiber's function), are not.
 
@@ -265,32 +267,49 @@ class _SigintHandler:
     """``gb.run``'s SIGINT handler: asyncio.Runner's, with the interrupt deferred out of the
     plumbing (see above)."""
 
-    __slots__ = ("deferred", "interrupts", "loop", "main")
+    __slots__ = ("deferred", "interrupts", "loop", "main", "owed")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop  # set once the Runner has made its loop
         self.main: asyncio.Task[Any] | None = None
         self.interrupts = 0
+        # deferred: an interrupt is scheduled as a loop callback; owed: one arrived in the
+        # plumbing once the program had ended (the loop is shutting down): gb.run raises it last.
         self.deferred = False
+        self.owed = False
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
         main = self.main
-        if self.interrupts == 1 and main is not None and not main.done():
-            main.cancel()  # as asyncio.Runner: the first Ctrl-C cancels the program
-            self.loop.call_soon_threadsafe(_nothing)  # wake a loop blocked in select()
+        running = main is not None and not main.done()
+        protected = _ki_protected(frame)
+        if self.interrupts == 1 and running:
+            # As asyncio.Runner, the first Ctrl-C cancels the program -- from a callback of its
+            # own when it lands in the plumbing: Task.cancel() cancels the Future the Task waits
+            # on, which may be the very one the interrupted line was completing.
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._cancel_main if protected else _nothing)
+            if not protected:
+                self._cancel_main()
             return
-        if _ki_protected(frame) and not self.loop.is_closed():
-            if not self.deferred:
-                self.deferred = True
-                self.loop.call_soon_threadsafe(_raise_keyboard_interrupt)
-            return
-        raise KeyboardInterrupt()
+        if not protected:
+            raise KeyboardInterrupt()
+        # In the plumbing, and Ctrl-C again: the interrupt is owed -- the program is cancelled
+        # (again, from a callback) and gb.run raises KeyboardInterrupt once it has cleaned up.
+        # (Raising it from a loop callback instead, as a plain asyncio program would, can leave
+        # a stop request behind that cuts the loop's shutdown short, on uvloop in particular.)
+        self.owed = True
+        if running and self.loop is not None and not self.deferred:
+            self.deferred = True
+            self.loop.call_soon_threadsafe(self._cancel_main)
+
+    def _cancel_main(self) -> None:
+        self.deferred = False
+        main = self.main
+        if main is not None and not main.done():
+            main.cancel()
 
 
 def _nothing() -> None:
     pass
 
-
-def _raise_keyboard_interrupt() -> None:
-    raise KeyboardInterrupt()

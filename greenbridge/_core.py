@@ -578,37 +578,48 @@ def run(
     factory = _loop_factory(backend)
     if not callable(fn):
         raise TypeError(f"gb.run() needs a callable, got {type(fn).__name__!r}")
+    handler = _install_sigint_handler()
     try:
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return _run_main(runner, spawn_green(fn, *args, **kwargs))
+            if handler is not None:
+                handler.loop = runner.get_loop()
+            result = _run_main(runner, spawn_green(fn, *args, **kwargs), handler)
     finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _drain_pool()
+    if handler is not None and handler.owed:
+        raise KeyboardInterrupt()  # it arrived in the plumbing during the shutdown
+    return result
 
 
-def _run_main(runner: asyncio.Runner, main: Coroutine[Any, Any, T]) -> T:
-    """``runner.run(main)`` with greenbridge's SIGINT handler (``_control._SigintHandler``) in
-    place of asyncio.Runner's, where Runner would install its own (main thread, default
-    handler)."""
+def _install_sigint_handler() -> _SigintHandler | None:
+    """greenbridge's SIGINT handler (``_control._SigintHandler``) in place of asyncio.Runner's,
+    where Runner would install its own (the main thread, Python's default handler)."""
     if threading.current_thread() is not threading.main_thread() or (
         signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
+        return None
+    handler = _SigintHandler(None)
+    signal.signal(signal.SIGINT, handler)
+    return handler
+
+
+def _run_main(runner: asyncio.Runner, main: Coroutine[Any, Any, T], handler: _SigintHandler | None) -> T:
+    """``runner.run(main)``, with the program's Task known to ``handler``."""
+    if handler is None:
         return runner.run(main)
-    handler = _SigintHandler(runner.get_loop())
 
     async def record_main() -> T:
         handler.main = asyncio.current_task()
         return await main
 
-    signal.signal(signal.SIGINT, handler)
     try:
         return runner.run(record_main())
     except asyncio.CancelledError:
         if handler.interrupts:
             raise KeyboardInterrupt() from None  # as asyncio.Runner: the program was interrupted
         raise
-    finally:
-        if signal.getsignal(signal.SIGINT) is handler:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -665,4 +676,4 @@ def _drain_pool() -> None:
         fiber.throw(GreenletExit)
 
 
-_UNPROTECTED_CODES.update((run.__code__, _run_main.__code__))
+_UNPROTECTED_CODES.update((run.__code__, _run_main.__code__, _install_sigint_handler.__code__))
