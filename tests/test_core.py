@@ -288,12 +288,16 @@ def test_the_documented_fork_order_holds_with_eager_tasks(run_async: Run) -> Non
 
 
 def test_protect_and_task_groups_from_green_code_with_eager_tasks(run_async: Run) -> None:
+    def nap_then(i: int) -> int:
+        gb.sleep(0.001)
+        return i
+
     def body() -> tuple[str, list[int]]:
         protected = gb.protect(lambda: (gb.sleep(0.001), "protected")[1])
 
         async def group() -> list[int]:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(gb.spawn_green(lambda i=i: (gb.sleep(0.001), i)[1])) for i in range(3)]
+                tasks = [tg.create_task(gb.spawn_green(nap_then, i)) for i in range(3)]
             return [t.result() for t in tasks]
 
         return protected, gb.await_from_green(group())

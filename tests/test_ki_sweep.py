@@ -104,7 +104,8 @@ def test_an_interrupt_at_every_line_of_the_plumbing_ends_gb_run_cleanly(gb_backe
         pytest.skip("another SIGINT handler is installed: gb.run then keeps it")
     counted, record, outcome = run_once(gb_backend, None)
     assert outcome is None, outcome
-    assert sorted(record) == sorted(["handler start", "handler finally", "client start", "client finally"] * 2)
+    roles = ["handler start", "handler finally", "client start", "client finally"]
+    assert sorted(record) == sorted(roles * 2)
     total = counted.count
     assert total > 200  # the program does cross the plumbing
     default = "1" if profile_name() == "long" else "5"

@@ -84,7 +84,8 @@ def test_several_backends_parametrize_every_greenbridge_test(
     pytester.makepyfile(PROBE + "\ndef test_plain():\n    pass\n")
     result = run_inner(pytester, "-v", f"--greenbridge-backend={option}")
     result.assert_outcomes(passed=2 * len(backends) + 1)
-    expected = [f"*::test_{name}[[]{backend}[]] PASSED*" for name in ("probe", "fixture") for backend in backends]
+    names = ("probe", "fixture")
+    expected = [f"*::test_{name}[[]{backend}[]] PASSED*" for name in names for backend in backends]
     # a test that uses no greenbridge fixture runs once
     result.stdout.fnmatch_lines_random([*expected, "*::test_plain PASSED*"])
 
