@@ -6,7 +6,9 @@ The benchmarks (each also runs on its own; see its docstring):
                                 await, SQLAlchemy, awaitlet, greenletio, greenback
   fibers     bench_fibers.py    the cost of a fiber: greenbridge's Switch, asyncio Tasks, gevent
   echo       bench_echo.py      echo servers: greenbridge's net and flow adapters, asyncio
-                                streams and Protocol, gevent
+                                streams, a plain Protocol, gevent -- each against the ceiling
+                                (a raw BufferedProtocol); and the scale curves (connections,
+                                message sizes)
 
 Each runs in a subprocess of its own and hands its figures over as JSON. A benchmark whose
 module is missing, or that fails, is noted in the results instead of stopping the report.
@@ -15,9 +17,11 @@ module is missing, or that fails, is noted in the results instead of stopping th
     python benchmarks/report.py --quick         # a smoke run: seconds, figures not meaningful
     python benchmarks/report.py --only crossing,fibers
 
-Writes ``benchmarks/RESULTS.md`` (tables of medians, and greenbridge's ratio to every peer) and
-``benchmarks/results.png`` (the chart it links to). A report, not a test: it never fails on a
-figure.
+Writes ``benchmarks/RESULTS.md`` (tables of medians, and greenbridge's ratio to every peer and
+to each ceiling), ``benchmarks/results.png`` (the overview chart it links to) and, beside it,
+``echo_connections.png`` and ``echo_sizes.png`` (the echo benchmark's scale curves). It also
+measures how much of the machine other work used meanwhile, and says so. A report, not a test:
+it never fails on a figure.
 """
 
 from __future__ import annotations
@@ -114,7 +118,9 @@ def render_crossing(outcome: Outcome) -> list[str]:
     lines = [
         f"{results['n']:,} operations per round, median of {results['rounds']} rounds, each on a fresh "
         "loop. Cells: median ns per operation (greenbridge's time / the peer's: below 1.00x, "
-        "greenbridge is faster).",
+        "greenbridge is faster). `native` is the floor: the same operation as a plain `await` in "
+        "a coroutine, no bridge at all (for `spawn`, calling the function directly); a bridge can "
+        "only add to it.",
         "",
     ]
     for loop_name, table in results["loops"].items():
@@ -143,7 +149,10 @@ def render_fibers(outcome: Outcome) -> list[str]:
         "(spawn) plus set to all finished (wake). Memory: RSS growth per fiber over the "
         "baseline, with all N parked (idle) and at the process's high-water mark (peak). gevent "
         "runs on its own hub: the same figures stand in each loop's table. Ratios: greenbridge's "
-        "figure / the peer's (below 1.00x, greenbridge is lighter).",
+        "figure / the peer's (below 1.00x, greenbridge is lighter). The bounds: a greenbridge "
+        "fiber is a greenlet hosted by an asyncio Task, so asyncio's Task (a coroutine and its "
+        "Task, no greenlet) is the floor of that design, and gevent (a greenlet and its hub's "
+        "bookkeeping, no Task) the floor of a greenlet-only one.",
         "",
     ]
     for loop_name, by_n in results["figures"].items():
