@@ -316,6 +316,7 @@ def render_echo(outcome: Outcome) -> list[str]:
                     f"({_ratio(cpu.get((CEILING, ceiling_loop)), cpu.get((server, loop)))})"
                 )
             lines.append(f"| {server} | " + " | ".join(cells) + " |")
+        lines += _ceiling_notes(rps, cpu, busy, ceiling_loops)
     gb_loops = [loop for loop in loops if any((s, loop) in rps for s in ours)]
     lines += [
         "",
@@ -340,6 +341,34 @@ def render_echo(outcome: Outcome) -> list[str]:
     for title, curve in echo_curves(outcome).items():
         lines += _render_curve(outcome, title, curve)
     return lines
+
+
+def _ceiling_notes(
+    rps: dict[EchoKey, float], cpu: dict[EchoKey, float], busy: dict[EchoKey, float], loops: list[str]
+) -> list[str]:
+    """What the figures say about the ceiling itself: where the load, not the server, bounded it,
+    and where the plain Protocol measured cheaper than the BufferedProtocol."""
+    notes = []
+    bound = [loop for loop in loops if busy.get((CEILING, loop), 0.0) >= LOAD_BUSY]
+    if bound:
+        notes.append(
+            f"On {' and '.join(bound)} the ceiling's throughput (†) is bound by the load process, "
+            "not by the server (one load process on the other core, which is all a two-core "
+            "machine allows): there the ratio of CPU per round trip, in brackets, is the one to "
+            "trust."
+        )
+    for loop in loops:
+        plain, buffered = cpu.get(("plain-protocol", loop)), cpu.get((CEILING, loop))
+        if plain and buffered and plain < buffered:
+            notes.append(
+                f"On {loop} the plain Protocol used less server CPU per round trip than the "
+                f"BufferedProtocol ({plain:.2f} us against {buffered:.2f} us): that loop reads into "
+                "a buffer of its own and makes the exact-size `bytes` in C, whereas a "
+                "BufferedProtocol costs two Python calls per read (`get_buffer`, "
+                "`buffer_updated`). There the higher bar is the plain Protocol; greenbridge's ratio "
+                "to it is in the next table."
+            )
+    return ["", *(f"- {note}" for note in notes)] if notes else []
 
 
 def echo_curves(outcome: Outcome) -> dict[str, list[EchoPoint]]:

@@ -78,6 +78,7 @@ ECHO_CURVES = [
         _echo("gb-run_server", "uvloop", 45000.0, 9.0, **BASE, load_busy=0.5),
         _echo("buffered-protocol", "uvloop", 50000.0, 6.0, **BASE, load_busy=0.95),
         _echo("gevent", "gevent", 40000.0, 10.0, **BASE),
+        _echo("plain-protocol", "uvloop", 60000.0, 5.0, **BASE),
         _echo("gb-run_server", "uvloop", 5000.0, 40.0, connections=1, size=1024, base=False),
         _echo("buffered-protocol", "uvloop", 10000.0, 20.0, connections=1, size=1024, base=False),
         _echo("gevent", "gevent", 4000.0, 50.0, connections=1, size=1024, base=False),
@@ -126,7 +127,12 @@ def test_every_server_against_the_ceiling_and_the_scale_curves(report: ModuleTyp
     assert "| gb-run_server | 0.90x (0.67x) |" in text
     assert "| gevent | 0.80x (0.60x) |" in text
     assert "| gb-run_server / gevent | 1.12x (1.11x) |" in text
+    assert "| plain-protocol | 1.20x (1.20x) |" in text
     assert "| gb-run_server / buffered-protocol |" not in text  # the ceiling has its own table
+    # what the figures say about the ceiling itself
+    assert "- On uvloop the ceiling's throughput (†) is bound by the load process" in text
+    assert "- On uvloop the plain Protocol used less server CPU per round trip than the " in text
+    assert "BufferedProtocol (5.00 us against 6.00 us)" in text
     # both curves, the base point on each, the ratio to the ceiling in every cell
     assert report.echo_curves(echo) == {
         "connections (1 KiB messages)": [(1, 1024), (50, 1024)],
