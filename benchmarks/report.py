@@ -13,20 +13,22 @@ The benchmarks (each also runs on its own; see its docstring):
 Each runs in a subprocess of its own and hands its figures over as JSON. A benchmark whose
 module is missing, or that fails, is noted in the results instead of stopping the report.
 
-    python benchmarks/report.py                 # everything: several minutes, machine otherwise idle
+    python benchmarks/report.py                 # everything: about ten minutes, machine otherwise idle
     python benchmarks/report.py --quick         # a smoke run: seconds, figures not meaningful
     python benchmarks/report.py --only crossing,fibers
+    python benchmarks/report.py --from-figures benchmarks/figures.json   # re-render, measure nothing
 
 Writes ``benchmarks/RESULTS.md`` (tables of medians, and greenbridge's ratio to every peer and
 to each ceiling), ``benchmarks/results.png`` (the overview chart it links to) and, beside it,
-``echo_connections.png`` and ``echo_sizes.png`` (the echo benchmark's scale curves). It also
-measures how much of the machine other work used meanwhile, and says so. A report, not a test:
-it never fails on a figure.
+``echo_connections.png`` and ``echo_sizes.png`` (the echo benchmark's scale curves), and keeps
+the raw figures in ``benchmarks/figures.json``. It also measures how much of the machine other
+work used meanwhile, and says so. A report, not a test: it never fails on a figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -474,9 +476,11 @@ def render(
     *,
     curve_charts: dict[str, str] | None = None,
     machine: str = "",
+    date: str | None = None,
 ) -> str:
     """The whole of RESULTS.md: ``chart`` links the overview chart, ``curve_charts`` (curve
-    title -> link) the echo benchmark's scale curves, ``machine`` says how busy the machine was."""
+    title -> link) the echo benchmark's scale curves, ``machine`` says how busy the machine was,
+    ``date`` is when the figures were measured (default: today)."""
     try:
         ours = importlib.metadata.version("greenbridge")
     except importlib.metadata.PackageNotFoundError:
@@ -485,7 +489,7 @@ def render(
         "# Benchmark results",
         "",
         f"Written by `python benchmarks/report.py{' --quick' if quick else ''}` on "
-        f"{datetime.date.today().isoformat()}: Python {platform.python_version()}, "
+        f"{date or datetime.date.today().isoformat()}: Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU(s); greenbridge {ours}; "
         f"{_versions()}.",
         "",
@@ -743,6 +747,29 @@ def plan(quick: bool, echo_rounds: int) -> list[tuple[str, str, list[str]]]:
     ]
 
 
+def save_outcomes(outcomes: list[Outcome], machine: str, path: Path, *, quick: bool = False) -> None:
+    """Write every benchmark's raw figures (and the machine note) to ``path`` as JSON, so that
+    the report can be rendered again from them (``--from-figures``) without measuring again."""
+    data = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine,
+        "quick": quick,
+        "outcomes": [dataclasses.asdict(outcome) for outcome in outcomes],
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_outcomes(path: Path) -> tuple[list[Outcome], str, str, bool]:
+    """The outcomes, machine note, date and quick flag ``save_outcomes`` wrote; ``ValueError`` (saying which
+    file) when the file is not such figures."""
+    try:
+        data = json.loads(path.read_text())
+        outcomes = [Outcome(**entry) for entry in data["outcomes"]]
+        return outcomes, str(data.get("machine", "")), str(data["date"]), bool(data.get("quick"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} holds no figures written by report.py --figures ({exc!r})") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -753,15 +780,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--chart", default=str(HERE / "results.png"), help="the overview chart; the "
                         "scale curves' charts go beside it")  # fmt: skip
+    parser.add_argument("--figures", default=str(HERE / "figures.json"), help="where to keep the raw "
+                        "figures (JSON)")  # fmt: skip
+    parser.add_argument("--from-figures", metavar="FILE", help="measure nothing: render the report "
+                        "from figures kept by an earlier run")  # fmt: skip
     args = parser.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else set(RENDERERS)
-    watch = MachineWatch()
-    outcomes = [
-        run_benchmark(name, script, bench_args)
-        for name, script, bench_args in plan(args.quick, args.echo_rounds)
-        if name in wanted
-    ]
-    machine = watch.note()
+    if args.from_figures:
+        try:
+            outcomes, machine, date, args.quick = load_outcomes(Path(args.from_figures))
+        except ValueError as exc:
+            parser.error(str(exc))
+    else:
+        watch = MachineWatch()
+        outcomes = [
+            run_benchmark(name, script, bench_args)
+            for name, script, bench_args in plan(args.quick, args.echo_rounds)
+            if name in wanted
+        ]
+        machine, date = watch.note(), datetime.date.today().isoformat()
+        save_outcomes(outcomes, machine, Path(args.figures), quick=args.quick)
     output, chart = Path(args.output), Path(args.chart)
     drawn = draw_chart(outcomes, chart)
     chart_link = os.path.relpath(chart, output.parent) if drawn else None
@@ -770,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.name == "echo":
             curve_charts = draw_curve_charts(outcome, chart.parent)
     links = {title: os.path.relpath(path, output.parent) for title, path in curve_charts.items()}
-    output.write_text(render(outcomes, chart_link, args.quick, curve_charts=links, machine=machine))
+    text = render(outcomes, chart_link, args.quick, curve_charts=links, machine=machine, date=date)
+    output.write_text(text)
     written = [str(chart)] if drawn else []
     written += [str(path) for path in curve_charts.values()]
     print(f"wrote {output}" + (f" and {', '.join(written)}" if written else " (no chart: no matplotlib)"))

@@ -191,3 +191,17 @@ def test_the_machine_note_says_how_busy_the_machine_was(report: ModuleType) -> N
     sum(i * i for i in range(200_000))  # let some CPU time pass
     note = watch.note()
     assert note == "" or note.startswith(("The machine was shared and busy", "The machine was otherwise"))
+
+
+def test_the_figures_are_kept_and_render_again(report: ModuleType, tmp_path: Path) -> None:
+    kept = tmp_path / "figures.json"
+    report.save_outcomes(outcomes(report), "The machine was otherwise close to idle.", kept, quick=True)
+    loaded, machine, date, quick = report.load_outcomes(kept)
+    assert machine == "The machine was otherwise close to idle." and quick
+    assert report.render(loaded, None, quick=False, machine=machine, date=date) == report.render(
+        outcomes(report), None, quick=False, machine=machine, date=date
+    )
+    not_figures = tmp_path / "other.json"
+    not_figures.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"other\.json holds no figures written by report\.py"):
+        report.load_outcomes(not_figures)
