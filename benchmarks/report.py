@@ -21,7 +21,7 @@ module is missing, or that fails, is noted in the results instead of stopping th
 Writes ``benchmarks/RESULTS.md`` (tables of medians, and greenbridge's ratio to every peer and
 to each ceiling), ``benchmarks/results.png`` (the overview chart it links to) and, beside it,
 ``echo_connections.png`` and ``echo_sizes.png`` (the echo benchmark's scale curves), and keeps
-the raw figures in ``benchmarks/figures.json``. It also measures how much of the machine other
+the raw figures in ``benchmarks/figures.json`` (git-ignored). It also measures how much of the machine other
 work used meanwhile, and says so. A report, not a test: it never fails on a figure.
 """
 
