@@ -1,23 +1,35 @@
-"""Echo servers side by side: greenbridge's flows and ``net.run_server`` against their peers.
+"""Echo servers side by side: greenbridge's flows and ``net.run_server`` against their peers and
+against the ceiling -- the cheapest echo server the event loop can run.
 
 Each server runs in a process of its own; one load process (uvloop, raw Protocols: the cheapest
 client there is) keeps ``--connections`` connections doing request/response ping-pong of
-``--size`` bytes, and counts round trips per second after a warm-up. On a machine with at least
-two cores the server and the load are pinned to different cores. Every configuration is measured
-``--rounds`` times, interleaved, and the median reported; beside throughput, the server's CPU
-time per round trip (Linux, from /proc), which a busy shared machine disturbs much less.
+``--size`` bytes and, after a warm-up, counts the round trips of a measured window. On a machine
+with at least two cores the server and the load are pinned to different cores. Beside throughput,
+the server's CPU time per round trip over the same window (Linux: /proc, every thread), which a
+busy shared machine disturbs much less; and the load's own CPU share of the window (near 100%,
+the load may be what bounds the throughput). Every configuration is measured ``--rounds`` times,
+interleaved, and the median reported.
 
-Servers (each on the asyncio loop and on uvloop, except gevent which has its own):
+Servers (each on the asyncio loop and on uvloop, except gevent which has its own hub):
 
-  streams        asyncio.start_server, reader.read / writer.write / await drain()
-  protocol       a raw asyncio.Protocol echoing in data_received (the ceiling)
-  gevent         gevent.server.StreamServer, sock.recv / sock.sendall
-  gb-run_server  greenbridge: net.listen + net.run_server, conn.read / conn.write
-  gb-adapters    greenbridge over asyncio streams: flow.source_of_reader / sink_of_writer
+  gb-run_server      greenbridge: net.listen + net.run_server, conn.read / conn.write
+  gb-adapters        greenbridge over asyncio streams: flow.source_of_reader / sink_of_writer
+  streams            asyncio.start_server, reader.read / writer.write / await drain()
+  plain-protocol     a plain asyncio.Protocol echoing in data_received: a new bytes per read (on
+                     asyncio's loop sock.recv(256 KiB), allocated at full size then shrunk)
+  buffered-protocol  the ceiling: a raw asyncio.BufferedProtocol; the transport reads into one
+                     preallocated buffer per connection, the server writes a view of it back --
+                     no allocation or copy of the data per read (greenbridge's connections are
+                     built on this protocol, so it bounds them)
+  gevent             gevent.server.StreamServer, sock.recv / sock.sendall
 
-    python benchmarks/bench_echo.py                      # everything, about two minutes
-    python benchmarks/bench_echo.py --duration 5 --output results.md
-    python benchmarks/bench_echo.py --servers gb-run_server,streams --loops uvloop
+With ``--curves``, the scale curves as well (each point with ``--curve-servers``, shorter
+windows): 1, 10, 100 and 1,000 connections at 1 KiB, and 64 B, 1 KiB and 64 KiB messages at
+``--connections``.
+
+    python benchmarks/bench_echo.py                      # the main table, about two minutes
+    python benchmarks/bench_echo.py --curves --json figures.json   # and the curves, ~7 minutes
+    python benchmarks/bench_echo.py --servers gb-run_server,buffered-protocol --loops uvloop
 
 Loopback only; every process stops by itself (the servers after --max-seconds even if this
 script dies). A benchmark, not a test: it never fails on a timing.
@@ -30,16 +42,22 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
+import select
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 HOST = "127.0.0.1"
-SERVERS = ("streams", "protocol", "gevent", "gb-run_server", "gb-adapters")
+SERVERS = ("gb-run_server", "gb-adapters", "streams", "plain-protocol", "buffered-protocol", "gevent")
 LOOPS = ("asyncio", "uvloop")
+CEILING = "buffered-protocol"
+CURVE_SERVERS = ("gb-run_server", "streams", "plain-protocol", "buffered-protocol", "gevent")
+CURVE_SIZE = 1024  # the message size of the connection curve
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -77,13 +95,61 @@ def serve_streams(loop_name: str) -> None:
         runner.run(main())
 
 
-def serve_protocol(loop_name: str) -> None:
+# The receive buffer of the BufferedProtocol servers: greenbridge's connection has the same.
+BUFFER_SIZE = 64 * 1024
+
+
+def serve_plain_protocol(loop_name: str) -> None:
+    """``data_received``: the transport hands over a new ``bytes`` per read (on asyncio's loop
+    ``sock.recv(256 KiB)``, allocated at full size and then shrunk) -- not the ceiling."""
+
     class Echo(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport: Any = transport
 
         def data_received(self, data: bytes) -> None:
             self.transport.write(data)
+
+        def pause_writing(self) -> None:
+            self.transport.pause_reading()
+
+        def resume_writing(self) -> None:
+            self.transport.resume_reading()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Echo, HOST, 0, backlog=1024)
+        _announce(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    with asyncio.Runner(loop_factory=lambda: _new_loop(loop_name)) as runner:
+        runner.run(main())
+
+
+def serve_buffered_protocol(loop_name: str) -> None:
+    """The ceiling: the transport reads into one preallocated buffer per connection and the
+    server writes a view of it back -- no allocation and no copy of the data per read (the
+    cheapest echo the loop can do, and what greenbridge's connections are built on)."""
+
+    class Echo(asyncio.BufferedProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+            self.buffer = memoryview(bytearray(BUFFER_SIZE))
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self.buffer
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.transport.write(self.buffer[:nbytes])
+            if self.transport.get_write_buffer_size():
+                # Not all sent: the transport may keep the view of the unsent bytes (uvloop does,
+                # so does asyncio's since 3.12), so the next read must not overwrite them.
+                self.buffer = memoryview(bytearray(BUFFER_SIZE))
+
+        def pause_writing(self) -> None:
+            self.transport.pause_reading()
+
+        def resume_writing(self) -> None:
+            self.transport.resume_reading()
 
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(Echo, HOST, 0, backlog=1024)
@@ -155,7 +221,8 @@ def serve_gb_adapters(loop_name: str) -> None:
 
 SERVE = {
     "streams": serve_streams,
-    "protocol": serve_protocol,
+    "plain-protocol": serve_plain_protocol,
+    "buffered-protocol": serve_buffered_protocol,
     "gevent": serve_gevent,
     "gb-run_server": serve_gb_run_server,
     "gb-adapters": serve_gb_adapters,
@@ -165,8 +232,20 @@ SERVE = {
 # -- load ----------------------------------------------------------------------------------------
 
 
-def run_load(port: int, connections: int, size: int, warmup: float, duration: float) -> dict[str, Any]:
-    """Ping-pong on ``connections`` connections; round trips per second after the warm-up."""
+def _raise_file_limit() -> None:
+    """A thousand connections need more descriptors than a default soft limit of 1024 may allow."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+        if wanted > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def run_load(port: int, connections: int, size: int, warmup: float, duration: float) -> None:
+    """Ping-pong of ``size`` bytes on ``connections`` connections. Prints ``start`` when the
+    measured window opens (after the warm-up) and, when it closes, one JSON line: the round
+    trips in the window, its length, and the share of it this process spent on the CPU (near 1.0,
+    the load itself may be what limits the throughput)."""
     import uvloop
 
     message = b"x" * size
@@ -187,24 +266,26 @@ def run_load(port: int, connections: int, size: int, warmup: float, duration: fl
                 count[0] += 1
                 self.transport.write(message)
 
-    async def main() -> dict[str, Any]:
+    async def main() -> None:
         loop = asyncio.get_running_loop()
         transports = []
         for _ in range(connections):
             transport, _ = await loop.create_connection(Client, HOST, port)
             transports.append(transport)
         await asyncio.sleep(warmup)
-        start_count, start = count[0], time.perf_counter()
+        print("start", flush=True)
+        start_count, start, start_cpu = count[0], time.perf_counter(), time.process_time()
         await asyncio.sleep(duration)
-        end_count, end = count[0], time.perf_counter()
+        end_count, end, end_cpu = count[0], time.perf_counter(), time.process_time()
+        seconds = end - start
+        figures = {"round_trips": end_count - start_count, "seconds": seconds,
+                   "load_busy": (end_cpu - start_cpu) / seconds}  # fmt: skip
+        print(json.dumps(figures), flush=True)
         for transport in transports:
             transport.close()
         await asyncio.sleep(0.05)
-        return {"round_trips": end_count - start_count, "seconds": end - start, "total": count[0]}
 
-    result = uvloop.run(main())
-    result["rps"] = result["round_trips"] / result["seconds"]
-    return result
+    uvloop.run(main())
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -217,7 +298,16 @@ def _pin(pid: int, cpu: int) -> None:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux), else None."""
+    """CPU time of a process so far, every thread (Linux), else None: nanoseconds from
+    /proc/PID/task/*/schedstat where the kernel has it, else clock ticks from /proc/PID/stat."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -226,84 +316,167 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(server: str, loop_name: str, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Point:
+    """One place on a curve: how many connections, how big a message, which servers, how long."""
+
+    connections: int
+    size: int
+    servers: tuple[str, ...]
+    warmup: float
+    duration: float
+    base: bool  # the main table's point (every server)
+
+
+def measure(server: str, loop_name: str, point: Point, args: argparse.Namespace) -> dict[str, Any]:
+    """One server process, one load process: round trips/s and server CPU us per round trip, both
+    over the load's measured window only."""
     me = os.path.abspath(__file__)
     proc = subprocess.Popen(
         [sys.executable, me, "--serve", server, "--loop", loop_name, "--max-seconds", str(args.max_seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    load_proc: subprocess.Popen[str] | None = None
     try:
         if args.pin:
             _pin(proc.pid, 0)
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"server did not start (exit status {proc.wait(5)})")
         load = [
-            sys.executable, me, "--load", str(port),
-            "--connections", str(args.connections), "--size", str(args.size),
-            "--warmup", str(args.warmup), "--duration", str(args.duration),
+            sys.executable, me, "--load", line.strip(),
+            "--connections", str(point.connections), "--size", str(point.size),
+            "--warmup", str(point.warmup), "--duration", str(point.duration),
         ]  # fmt: skip
-        budget = args.warmup + args.duration + 30
-        cpu_before = _cpu_seconds(proc.pid)
         load_proc = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
         if args.pin:
             _pin(load_proc.pid, 1)
-        out, _ = load_proc.communicate(timeout=budget)
+        assert load_proc.stdout is not None
+        deadline = time.monotonic() + point.warmup + point.duration + 60
+        started = _read_line(load_proc, deadline)
+        cpu_before = _cpu_seconds(proc.pid)
+        figures = _read_line(load_proc, deadline)
         cpu_after = _cpu_seconds(proc.pid)
-        if load_proc.returncode:
+        if started != "start" or not figures:
+            raise RuntimeError(f"load process failed ({load_proc.wait(30)})")
+        result: dict[str, Any] = json.loads(figures)
+        result["rps"] = result["round_trips"] / result["seconds"]
+        if cpu_before is not None and cpu_after is not None and result["round_trips"]:
+            result["cpu_us"] = (cpu_after - cpu_before) / result["round_trips"] * 1e6
+        if load_proc.wait(30):
             raise RuntimeError(f"load process failed ({load_proc.returncode})")
-        figures = dict(json.loads(out))
-        if cpu_before is not None and cpu_after is not None and figures["total"]:
-            # Server CPU per round trip: steadier than throughput on a shared machine.
-            figures["cpu_us"] = (cpu_after - cpu_before) / figures["total"] * 1e6
-        return figures
+        return result
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for child in (load_proc, proc):
+            if child is None:
+                continue
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a and b else "n/a"
+def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:
+    """The next line ``proc`` prints, stripped; "" when it ends first or misses the deadline."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    return proc.stdout.readline().strip() if ready else ""
 
 
-Results = dict[tuple[str, str], dict[str, float]]
+def plan(args: argparse.Namespace) -> list[Point]:
+    """The base point (every server), then the curves: connections at 1 KiB, sizes at the base
+    connection count (each with ``--curve-servers``)."""
+    servers = tuple(args.servers.split(","))
+    base = Point(args.connections, args.size, servers, args.warmup, args.duration, True)
+    points = [base]
+    if args.curves:
+        curve_servers = tuple(args.curve_servers.split(","))
+        seen = {(base.connections, base.size)}
+        wanted = [(int(c), CURVE_SIZE) for c in args.connection_curve.split(",")]
+        wanted += [(args.connections, int(s)) for s in args.size_curve.split(",")]
+        for connections, size in wanted:
+            if (connections, size) not in seen:
+                seen.add((connections, size))
+                points.append(Point(connections, size, curve_servers, args.curve_warmup,
+                                    args.curve_duration, False))  # fmt: skip
+    return points
 
 
-def report(results: Results, args: argparse.Namespace) -> str:
+def _configs(point: Point, loops: list[str]) -> list[tuple[str, str]]:
+    return [
+        (server, loop_name)
+        for server in point.servers
+        for loop_name in (["gevent"] if server == "gevent" else loops)
+    ]
+
+
+Key = tuple[str, str, int, int]  # server, loop, connections, size
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every point and server, ``--rounds`` times interleaved; one entry of medians per
+    (server, loop, connections, size)."""
+    points = plan(args)
+    loops = args.loops.split(",")
+    runs: dict[Key, list[dict[str, Any]]] = {}
+    for round_no in range(args.rounds):
+        for point in points:
+            for server, loop_name in _configs(point, loops):
+                key = (server, loop_name, point.connections, point.size)
+                try:
+                    figures = measure(server, "asyncio" if loop_name == "gevent" else loop_name, point, args)
+                except (ImportError, RuntimeError, ValueError, OSError) as exc:
+                    print(f"{server} on {loop_name}: skipped ({exc})", file=sys.stderr)
+                    continue
+                runs.setdefault(key, []).append(figures)
+                cpu = f"{figures['cpu_us']:7.2f} us CPU/rt" if "cpu_us" in figures else ""
+                print(
+                    f"round {round_no + 1}: {point.connections:>4} x {point.size:>5} B {server:>17} "
+                    f"{loop_name:>7}: {figures['rps']:>9,.0f} rt/s {cpu} (load busy "
+                    f"{figures['load_busy']:.0%})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    base_point = points[0]
+    entries = []
+    for (server, loop_name, connections, size), figures_list in runs.items():
+        cpus = [f["cpu_us"] for f in figures_list if "cpu_us" in f]
+        entries.append({
+            "server": server, "loop": loop_name, "connections": connections, "size": size,
+            "base": (connections, size) == (base_point.connections, base_point.size),
+            "rps": statistics.median(f["rps"] for f in figures_list),
+            "best": max(f["rps"] for f in figures_list),
+            "cpu_us": statistics.median(cpus) if cpus else 0.0,
+            "load_busy": statistics.median(f["load_busy"] for f in figures_list),
+            "runs": len(figures_list),
+        })  # fmt: skip
+    return entries
+
+
+def summary(entries: list[dict[str, Any]]) -> str:
+    """A plain-text table: medians, and each server's ratio to the ceiling on its loop (gevent:
+    to the ceiling on each loop). ``benchmarks/report.py`` renders the same figures as markdown."""
+    by_key = {(e["server"], e["loop"], e["connections"], e["size"]): e for e in entries}
+    loops = [lp for lp in LOOPS if any(e["loop"] == lp for e in entries)]
     lines = [
-        f"Echo, {args.connections} connections, {args.size} B ping-pong, {args.duration:g} s per "
-        f"server after {args.warmup:g} s warm-up, median of {args.rounds} interleaved round(s)",
-        "",
-        "| server | loop | round trips/s | best | server CPU us/round trip |",
-        "|---|---|---:|---:|---:|",
+        f"{'conns':>5} {'size':>6} {'server':>17} {'loop':>7} {'rt/s':>9} {'CPU us/rt':>9} "
+        + " ".join(f"{'/ceiling ' + lp:>17}" for lp in loops)
     ]
-    for (server, loop_name), r in results.items():
-        cpu = f"{r['cpu_us']:.2f}" if r.get("cpu_us") else "n/a"
-        lines.append(f"| {server} | {loop_name} | {r['rps']:,.0f} | {r['best']:,.0f} | {cpu} |")
-    lines += [
-        "",
-        "Ratios of round trips/s (in brackets: of server CPU per round trip, peer / ours):",
-        "",
-        "| ratio | asyncio | uvloop |",
-        "|---|---:|---:|",
-    ]
-
-    def cell(ours: tuple[str, str], peer: tuple[str, str]) -> str:
-        a, b = results.get(ours), results.get(peer)
-        if not a or not b:
-            return "n/a"
-        return f"{_ratio(a['rps'], b['rps'])} ({_ratio(b.get('cpu_us'), a.get('cpu_us'))})"
-
-    for gb_server in ("gb-run_server", "gb-adapters"):
-        for peer, label in (("streams", "asyncio streams"), ("protocol", "raw Protocol")):
-            cells = [cell((gb_server, loop), (peer, loop)) for loop in LOOPS]
-            lines.append(f"| {gb_server} / {label} | {cells[0]} | {cells[1]} |")
-        cells = [cell((gb_server, loop), ("gevent", "gevent")) for loop in LOOPS]
-        lines.append(f"| {gb_server} / gevent | {cells[0]} | {cells[1]} |")
+    for e in entries:
+        ratios = []
+        for lp in loops:
+            ceiling = by_key.get((CEILING, lp, e["connections"], e["size"]))
+            same = e["loop"] in (lp, "gevent")
+            ratios.append(f"{e['rps'] / ceiling['rps']:.2f}x" if ceiling and same else "")
+        lines.append(
+            f"{e['connections']:>5} {e['size']:>6} {e['server']:>17} {e['loop']:>7} {e['rps']:>9,.0f} "
+            f"{e['cpu_us']:>9.2f} " + " ".join(f"{r:>17}" for r in ratios)
+        )
     return "\n".join(lines)
 
 
@@ -318,10 +491,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
+    parser.add_argument("--curves", action="store_true", help="also measure the scale curves")
+    parser.add_argument("--connection-curve", default="1,10,100,1000", help="connection counts (1 KiB)")
+    parser.add_argument("--size-curve", default="64,1024,65536", help="message sizes (at --connections)")
+    parser.add_argument("--curve-servers", default=",".join(CURVE_SERVERS))
+    parser.add_argument("--curve-warmup", type=float, default=0.3)
+    parser.add_argument("--curve-duration", type=float, default=1.0)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="servers exit after this")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to cores")
-    parser.add_argument("--output", help="also write the table (markdown) to this file")
-    parser.add_argument("--json", help="also write the raw figures to this file")
+    parser.add_argument("--output", help="also write the summary table to this file")
+    parser.add_argument("--json", help="also write the figures (a list of medians) to this file")
     # internal: the child processes
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help=argparse.SUPPRESS)
@@ -332,49 +511,30 @@ def main() -> None:
         signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
         signal.alarm(max(1, int(args.max_seconds)))
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        _raise_file_limit()
         SERVE[args.serve](args.loop)
         return
     if args.load is not None:
-        print(json.dumps(run_load(args.load, args.connections, args.size, args.warmup, args.duration)))
+        _raise_file_limit()
+        run_load(args.load, args.connections, args.size, args.warmup, args.duration)
         return
+    for option in ("servers", "curve_servers"):
+        unknown = sorted(set(getattr(args, option).split(",")) - set(SERVERS))
+        if unknown:
+            parser.error(f"unknown server(s) {', '.join(unknown)}: choose from {', '.join(SERVERS)}")
+    unknown = sorted(set(args.loops.split(",")) - set(LOOPS))
+    if unknown:
+        parser.error(f"unknown loop(s) {', '.join(unknown)}: choose from {', '.join(LOOPS)}")
 
-    configs = [
-        (server, loop_name)
-        for server in args.servers.split(",")
-        for loop_name in (["gevent"] if server == "gevent" else args.loops.split(","))
-    ]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {config: [] for config in configs}
-    for round_no in range(args.rounds):
-        for server, loop_name in configs:
-            try:
-                figures = measure(server, "asyncio" if loop_name == "gevent" else loop_name, args)
-            except (ImportError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
-                print(f"{server} on {loop_name}: skipped ({exc})", file=sys.stderr)
-                continue
-            runs[(server, loop_name)].append(figures)
-            cpu = f"{figures['cpu_us']:.2f} us CPU/rt" if "cpu_us" in figures else ""
-            print(
-                f"round {round_no + 1}: {server:>14} {loop_name:>8}: {figures['rps']:>10,.0f} rt/s {cpu}",
-                file=sys.stderr,
-            )
-    results: Results = {}
-    for config, figures_list in runs.items():
-        if not figures_list:
-            continue
-        cpus = [f["cpu_us"] for f in figures_list if "cpu_us" in f]
-        results[config] = {
-            "rps": statistics.median(f["rps"] for f in figures_list),
-            "best": max(f["rps"] for f in figures_list),
-            "cpu_us": statistics.median(cpus) if cpus else 0.0,
-        }
-    table = report(results, args)
+    entries = run(args)
+    table = summary(entries)
     print(table)
     if args.output:
         with open(args.output, "w") as f:
             f.write(table + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([{"server": s, "loop": lp, **r} for (s, lp), r in results.items()], f, indent=2)
+            json.dump(entries, f, indent=2)
 
 
 if __name__ == "__main__":
