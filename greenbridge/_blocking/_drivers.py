@@ -5,8 +5,8 @@
   would block. The hook is process-wide, so outside a fiber it waits as psycopg2's own
   ``extras.wait_select`` does (the original ``select.select``, Ctrl-C cancelling the query).
   A fiber cancelled in the middle of a query (``gb.timeout``...) cancels the query on the
-  server and waits for the server to confirm, so the connection stays usable; then the
-  ``CancelledError`` goes on.
+  server, then the ``CancelledError`` goes on -- and psycopg2 closes that connection, as it does
+  whenever a wait callback raises.
 * psycopg 3 -- its sync connections consume libpq "generators" in ``psycopg.waiting.wait`` and
   ``wait_conn`` (the former in C, where nothing of ours would be seen): both are replaced by
   versions that wait on the loop in a fiber and call the originals elsewhere. Its connection
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import select
 from collections.abc import Generator
@@ -57,7 +58,6 @@ def _psycopg2_patches() -> list[Patch]:
     except ImportError:
         return []
     POLL_OK, POLL_READ, POLL_WRITE = extensions.POLL_OK, extensions.POLL_READ, extensions.POLL_WRITE
-    query_canceled = extensions.QueryCanceledError
 
     def plain_wait(conn: Any) -> None:
         while True:
@@ -93,14 +93,11 @@ def _psycopg2_patches() -> list[Patch]:
         try:
             return green_wait(loop, conn)
         except asyncio.CancelledError:
-            # Stop the query on the server (libpq's PQcancel: a short blocking exchange on a
-            # second connection), then read the server's "canceled" answer so that the
-            # connection can be used again.
-            conn.cancel()
-            try:
-                green_wait(loop, conn)
-            except query_canceled:
-                pass
+            # psycopg2 closes a connection whose wait callback raised (its rule: the protocol
+            # state is unknown). Stop the query on the server first (libpq's PQcancel, a short
+            # blocking exchange on a second connection), so that it does not run on unseen.
+            with contextlib.suppress(Exception):
+                conn.cancel()
             raise
 
     return [_WaitCallback(extensions, wait_callback)]
