@@ -80,7 +80,7 @@ def _describe(frame: types.FrameType | None) -> tuple[bool, list[str]]:
 def _report(blocked: float, task: str, in_fiber: bool, where: list[str]) -> None:
     who = f"green fiber (Task {task})" if in_fiber else f"loop callback (Task {task})"
     logger.warning(
-        "a %s blocked the event loop for %.2f s (more than %.1f s); it was stuck in:\n%s\n"
+        "a %s blocked the event loop for at least %.2f s (the limit is %.1f s); it was stuck in:\n%s\n"
         "Make that call cooperative (gb.patch_blocking() covers socket, ssl, select, selectors and "
         "time.sleep when they are looked up after it), or move it to a thread with gb.run_in_thread().",
         who,
