@@ -78,7 +78,9 @@ def patch_blocking() -> None:
     ``Switch`` or a cancelled Task end a stuck call.
 
     Call it once at start-up, before importing the libraries (a name bound earlier with ``from
-    time import sleep`` keeps the original). Never suspends; raises nothing. Called inside a
+    time import sleep`` keeps the original) and before the loop runs: the first call imports
+    psycopg2 and psycopg when they are installed, to hook them (a one-time cost, about 0.2 s).
+    Never suspends; raises nothing. Called inside a
     running loop in debug mode, it also starts the watchdog that names a call blocking that loop
     for more than 100 ms.
     """
