@@ -365,6 +365,44 @@ def test_a_failing_sibling_ends_a_stuck_recv() -> None:
             sw.fork(fail)
 
 
+def test_cancelling_the_asyncio_task_ends_a_stuck_request() -> None:
+    with silent_peer() as port:
+        entered = gb.Event()
+
+        def stuck() -> None:
+            with socket.create_connection((HOST, port)) as sock:
+                entered.set()
+                sock.makefile("rb").readline()  # no timeout: would wait forever
+
+        task = asyncio.ensure_future(gb.spawn_green(stuck))
+        entered.wait()
+        gb.sleep(0.01)
+        task.cancel()
+        gb.await_from_green(asyncio.wait([task]))
+        assert task.cancelled()
+
+
+def test_host_names_go_through_the_loops_resolver() -> None:
+    loop = asyncio.get_running_loop()
+    asked: list[Any] = []
+    resolve = loop.getaddrinfo
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args[0])
+        return await resolve(*args, **kwargs)
+
+    loop.getaddrinfo = recording  # type: ignore[method-assign]
+    try:
+        infos = socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+        assert any(info[4][0] in ("127.0.0.1", "::1") for info in infos)
+        socket.getaddrinfo("127.0.0.1", 80)  # numeric: answered at once, no resolver needed
+        with aiohttp_server(web.get("/", hello)) as port, socket.socket() as sock:
+            sock.connect(("localhost", port))
+    finally:
+        del loop.getaddrinfo
+    assert asked == ["localhost", "localhost"]
+
+
 def test_a_socket_made_in_one_fiber_is_used_in_another() -> None:
     made: gb.Promise[tuple[socket.socket, socket.socket]] = gb.Promise()
 
