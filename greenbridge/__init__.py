@@ -7,6 +7,8 @@ The two crossing points are ``await_from_green`` (green code waits for an asynci
 from ._adapters import enter as enter
 from ._adapters import iterate as iterate
 from ._adapters import run_in_thread as run_in_thread
+from ._blocking import patch_blocking as patch_blocking
+from ._blocking import unpatch_blocking as unpatch_blocking
 from ._bufio import BufReader as BufReader
 from ._bufio import BufWriter as BufWriter
 from ._cancel import protect as protect
@@ -76,11 +78,13 @@ __all__ = (
     "green_facade",
     "in_green",
     "iterate",
+    "patch_blocking",
     "protect",
     "run",
     "run_in_thread",
     "sleep",
     "spawn_green",
     "timeout",
+    "unpatch_blocking",
     "with_timeout",
 )

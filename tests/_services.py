@@ -9,6 +9,10 @@ the reason. Fixtures (registered by ``tests/conftest.py``):
 * ``postgres_server`` -- a :class:`Postgres` with ``host``, ``port``, ``user``, ``dbname`` and
   ``dsn`` (``postgresql://user@127.0.0.1:port/dbname``), trust authentication.
 * ``redis_server`` -- a :class:`Redis` with ``host``, ``port`` and ``url``.
+
+``start_mariadb()`` (Debian's ``mariadb-server``; used by ``tests/test_blocking.py``'s own
+fixture, never installed by the tests) gives a :class:`MariaDB` with ``host``, ``port`` and
+``user``: grant tables skipped, so any user connects without a password.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class Redis:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+
+@dataclasses.dataclass(frozen=True)
+class MariaDB:
+    host: str
+    port: int
+    user: str = "root"
 
 
 def _free_port() -> int:
@@ -172,6 +183,45 @@ def start_redis() -> Iterator[Redis]:
     try:
         _wait_for_port(port, proc, "redis-server")
         yield Redis("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_mariadb() -> Iterator[MariaDB]:
+    server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
+    install = shutil.which("mariadb-install-db")
+    if server is None or install is None:
+        pytest.skip("MariaDB unavailable: apt-get install -y mariadb-server")
+    root = tempfile.mkdtemp(prefix="gb-mariadb-")
+    data = os.path.join(root, "data")
+    # As root, MariaDB runs as Debian's 'mysql' system user (it refuses root without --user).
+    as_user = ["--user=mysql"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(root, "mysql", "mysql")
+    subprocess.run(
+        [install, "--no-defaults", f"--datadir={data}", *as_user, "--auth-root-authentication-method=normal",
+         "--skip-test-db"],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--no-defaults", f"--datadir={data}", *as_user, f"--port={port}", "--bind-address=127.0.0.1",
+         f"--socket={root}/mysqld.sock", f"--pid-file={root}/mysqld.pid", "--skip-grant-tables",
+         f"--log-error={root}/error.log", "--innodb-buffer-pool-size=16M"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, proc, "mariadbd")
+        yield MariaDB("127.0.0.1", port)
     finally:
         proc.terminate()
         try:

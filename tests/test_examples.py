@@ -144,6 +144,44 @@ def test_aiohttp_example(run_async: Run, capsys: pytest.CaptureFixture[str]) -> 
     ]
 
 
+# -- a requests-based SDK in an aiohttp handler ------------------------------------------------------
+
+
+def test_blocking_sdk_example(run_async: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    import greenbridge as gb
+
+    example = load("blocking_sdk.py")
+    gb.patch_blocking()
+    try:
+        run_async(example.main)
+    finally:
+        gb.unpatch_blocking()
+    assert capsys.readouterr().out.splitlines() == [
+        "GET /weather -> 200: Lyon: sunny, 24 °C",
+        "GET /weather -> 200: Oslo: snow, -3 °C",
+        "GET /weather -> 200: Lima: cloudy, 19 °C",
+        "GET /weather -> 404: no forecast for Atlantis",
+        "four SDK calls, each waiting 0.2 s upstream, were served at once",
+        "both servers stopped",
+    ]
+
+
+def test_blocking_sdk_example_as_a_script() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "examples/blocking_sdk.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[-2:] == [
+        "four SDK calls, each waiting 0.2 s upstream, were served at once",
+        "both servers stopped",
+    ]
+
+
 # -- file objects over a connection -------------------------------------------------------------------
 
 
