@@ -18,6 +18,14 @@ reading fiber park on a ``Waiter`` (``_reader``), which ``buffer_updated``, ``eo
 data -- it only says "look again" -- so a reader cancelled (or timed out) while parked loses
 nothing: the bytes stay in the buffer for the next read.
 
+Read timeouts. A wait for input records when it started; a connection with a ``read_timeout``
+keeps at most one timer, armed at the first timed wait for that wait's deadline. When it fires
+it fails the reader if the wait in progress has lasted the whole timeout, else re-arms itself
+for that wait's deadline (or disarms, when no wait is in progress). So a busy connection costs
+one clock read per wait, not a timer per wait. Rejected: ``call_later`` + ``cancel`` around
+every wait -- measured with an in-process 1 KiB ping-pong through ``run_server``, it added about
+20 us of CPU per round trip on the asyncio loop (70-80 us without it, 95-120 us with it).
+
 Memory is bounded by ``RECEIVE_BUFFER_SIZE``: when that much is unread the transport is paused
 (``pause_reading``) and resumed once a reader has taken at least half of it.
 
@@ -48,7 +56,6 @@ import asyncio
 import errno
 import socket
 import struct
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import ClosedResourceError
@@ -84,11 +91,14 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         "_eof",
         "_error",
         "_keep_open_on_eof",
+        "_loop",
         "_lost",
         "_read_paused",
+        "_read_timeout",
         "_reader",
         "_reader_since",
         "_rx",
+        "_timer",
         "_transport",
         "_wakeups",
         "_write_paused",
@@ -96,10 +106,15 @@ class _ConnProtocol(asyncio.BufferedProtocol):
 
     def __init__(self, *, keep_open_on_eof: bool = True) -> None:
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
         self._wakeups = wake_batch()
         self._rx = ReceiveBuffer(RECEIVE_BUFFER_SIZE)
         self._reader: Waiter | None = None
-        self._reader_since = 0.0  # time.monotonic() when _reader started waiting
+        self._reader_since = 0.0  # loop time at which the latest wait for input started
+        self._read_timeout: float | None = None  # the timeout of the latest wait for input
+        # The read-timeout timer: at most one per connection, at or before the deadline of the
+        # wait in progress (never per wait; see "Read timeouts" in the module memo).
+        self._timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._eof = False  # the peer shut down its sending side
         self._drop_input = False  # shutdown("receive") on our side
@@ -151,6 +166,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
             self._wakeups.add(drainer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
         self._lost = True
         self._error = exc
         self._write_paused = False
@@ -187,29 +203,44 @@ class _ConnProtocol(asyncio.BufferedProtocol):
     def wait_for_input(self, timeout: float | None) -> None:
         """Park the calling fiber until the transport says there may be more to read.
 
-        A cancellation point. Raises ``ReadTimeout`` after ``timeout`` seconds (None: no
-        limit); nothing is lost either way.
+        A cancellation point. Raises ``ReadTimeout`` once it has waited ``timeout`` seconds
+        (None: no limit); nothing is lost either way. See "Read timeouts" in the module memo.
         """
         waiter = self._reader = Waiter()
-        self._reader_since = time.monotonic()
-        if timeout is None:
-            try:
-                waiter.wait()
-            finally:
-                if self._reader is waiter:
-                    self._reader = None
-            return
-        timer = asyncio.get_running_loop().call_later(
-            timeout,
-            waiter.fail,
-            ReadTimeout(f"no input for {timeout:g} s (the connection's read_timeout); nothing was lost"),
-        )
+        since = self._reader_since = self._loop.time()
+        self._read_timeout = timeout
+        if timeout is not None:
+            timer = self._timer
+            if timer is None or timer.when() > since + timeout:  # none yet, or for a longer timeout
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(since + timeout, self._check_read_timeout)
         try:
             waiter.wait()
         finally:
-            timer.cancel()
             if self._reader is waiter:
                 self._reader = None
+
+    def _check_read_timeout(self) -> None:
+        """The timer: fail a reader that has waited its whole timeout, else look again at the
+        deadline of the wait in progress (if any)."""
+        self._timer = None
+        reader, timeout = self._reader, self._read_timeout
+        if reader is None or timeout is None:
+            return  # no wait in progress: the next one arms the timer again
+        deadline = self._reader_since + timeout
+        if self._loop.time() >= deadline:
+            self._reader = None
+            reader.fail(
+                ReadTimeout(f"no input for {timeout:g} s (the connection's read_timeout); nothing was lost")
+            )
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_read_timeout)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def expire_reader(self, exc: BaseException) -> bool:
         """Fail the parked reader's wait with ``exc``; False when no reader is parked."""
@@ -242,6 +273,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
 
     def release_waiters(self, reader_error: BaseException) -> None:
         """``close()``: fail a parked reader with ``reader_error``, wake a parked writer."""
+        self._cancel_timer()
         reader, self._reader = self._reader, None
         drainer, self._drainer = self._drainer, None
         if reader is not None:
@@ -453,7 +485,7 @@ class Connection(TwoWay):
         self.close()
 
     def _idle_since(self) -> float | None:
-        """``time.monotonic()`` when the parked reader started waiting for input; None when no
+        """The loop time at which the parked reader started waiting for input; None when no
         fiber waits to read (servers shed the longest-idle connection when full)."""
         p = self._protocol
         return p._reader_since if p._reader is not None and not len(p._rx) else None

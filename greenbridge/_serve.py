@@ -39,9 +39,13 @@ Rejected design
 ---------------
 Handler Tasks kept in a set of the server's own, with done-callbacks for the limit and the
 failures (greenbridge 0.1): a second supervisor beside ``Switch``, with its own cancellation
-clean-up. ``benchmarks/bench_echo.py`` (``gb-net``, 50 connections, 1 KiB ping-pong) cannot tell
-the two apart -- the connection's hot path is the same -- so the switch, the one supervisor,
-won.
+clean-up. Measured in-process on a shared 2-core machine (a green client doing connect, a 1-byte
+echo and close 3,000 times against ``run_server``; CPU per connection, client included, three
+interleaved runs): asyncio loop 0.99-1.22 ms on the switch against 1.03-1.17 ms for 0.1's own
+Tasks, uvloop 0.73-0.79 ms against 0.62-0.70 ms -- no difference on asyncio, up to 15 % more per
+connection on uvloop, for the switch's bookkeeping, the semaphore and the idle timer. The round
+trips of an established connection do not go through the server at all (the same 1 KiB
+ping-pong costs the same within noise). One supervisor, with one set of cancellation rules, won.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -121,7 +124,7 @@ class _Served:
 
     def shed_one(self, max_connections: int) -> bool:
         """Make the longest-idle connection give up its slot; False when none qualifies."""
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         victim: Connection | None = None
         oldest = now - _SHED_MIN_IDLE
         for conn in self.connections:

@@ -17,7 +17,7 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from _net_helpers import echo, serving, wait_until
+from _net_helpers import echo, gather_green, serving, wait_until
 
 import greenbridge as gb
 from greenbridge import net
@@ -89,6 +89,45 @@ def test_a_handler_sets_its_own_read_timeout_and_a_timed_out_read_loses_nothing(
     for name in ("idle_timeout", "stop_timeout"):
         with pytest.raises(ValueError, match=name):
             net.run_server(listener, echo, **{name: -1.0})
+
+
+@pytest.mark.green
+def test_read_timeout_counts_from_the_start_of_each_wait() -> None:
+    loop = asyncio.get_running_loop()
+    with net.listen(HOST, 0) as listener:
+        accepted: list[net.Connection] = []
+        client = gather_green(
+            lambda: accepted.append(listener.accept()[0]), lambda: net.connect(*listener.address)
+        )[1]
+        server = accepted[0]
+        with server, client:
+            server.read_timeout = 0.3
+
+            def trickle() -> None:
+                for _ in range(10):  # one byte every 0.1 s: 1 s in all, each wait far below 0.3 s
+                    gb.sleep(0.1)
+                    client.write(b"x")
+
+            trickler = asyncio.ensure_future(gb.spawn_green(trickle))
+            received = b""
+            while len(received) < 10:
+                received += server.read()
+            gb.await_from_green(trickler)
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="read_timeout"):
+                server.read()
+            assert 0.25 <= loop.time() - started < 3
+            # A shorter timeout applies at once, although a timer for a longer one is armed.
+            server.read_timeout = 5.0
+            client.write(b"y")
+            assert server.read() == b"y"
+            server.read_timeout = 0.05
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                server.read()
+            assert loop.time() - started < 1
+            client.write(b"z")
+            assert server.read() == b"z"  # a timed-out read lost nothing, the next one works
 
 
 @pytest.mark.green
