@@ -5,16 +5,20 @@ much it wrote (``filled``); readers copy out (``read_into``) or take (``take``).
 touches ``_buf``, ``_start`` or ``_end``.
 
 Memory is allocated on demand and given back after a burst, so that an idle connection costs
-little (DESIGN's server under a slowloris: thousands of connections that each hold one byte):
+little (a server under a slowloris: thousands of connections that each hold one byte):
 
 * Nothing is allocated until the transport first asks for room.
-* The room offered starts at ``MIN_CAPACITY`` and doubles each time the transport fills all of
-  it (more is coming), up to the bound on unread input the protocol enforces (its
-  ``pause_reading`` threshold); it halves when a receive used less than a quarter of it.
+* The room offered starts at the bound on unread input (``limit``, the protocol's
+  ``pause_reading`` threshold): whatever the peer sent first is taken out of the kernel in one
+  receive. (Starting small was measured to hurt: a server that hangs up on a bad request with
+  the rest of it still in the kernel's buffer makes the kernel reset the connection, and the
+  client loses the answer -- ``tests/test_soak.py``'s over-long lines.) The room halves each
+  time a receive used less than a quarter of it, down to ``MIN_CAPACITY``, and doubles again
+  each time the transport fills all of it (more is coming).
 * When a reader empties a buffer larger than ``MIN_CAPACITY`` and the last receive did not fill
   its room (the burst is over), the memory is released; the next receive allocates afresh. A
   buffer of at most ``MIN_CAPACITY`` is kept: small messages (a request, an echo) then cost no
-  allocation at all.
+  allocation at all once the size has settled.
 
 Invariants
 ----------
@@ -51,7 +55,7 @@ class ReceiveBuffer:
         self._view = memoryview(_EMPTY)
         self._start = 0
         self._end = 0
-        self._capacity = MIN_CAPACITY
+        self._capacity = self._limit
         self._offered = 0  # the length of the room last offered
         self._last_full = False  # the last receive filled all the room it was offered
 
@@ -147,10 +151,6 @@ class ReceiveBuffer:
             self._view = memoryview(_EMPTY)
 
     def clear(self) -> None:
-        """Drop every buffered byte and the memory (``shutdown("receive")``)."""
-        self._start = self._end = 0
-        self._view.release()
-        self._buf = _EMPTY
-        self._view = memoryview(_EMPTY)
-        self._capacity = MIN_CAPACITY
-        self._last_full = False
+        """Drop every buffered byte (``shutdown("receive")``); the memory goes as after a read
+        that empties the buffer."""
+        self._consumed(self._end)
