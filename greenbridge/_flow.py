@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._core import await_from_green
 from ._errors import ClosedResourceError
+from ._exclusive import ExclusiveSlot
 
 if TYPE_CHECKING:
     from typing import Self
@@ -239,36 +240,44 @@ def buffer_sink(buffer: bytearray) -> Sink:
 
 
 class _ReaderSource(Source):
-    __slots__ = ("_reader",)
+    __slots__ = ("_reader", "_reading")
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         super().__init__()
         self._reader = reader
+        # asyncio's own check would raise a bare RuntimeError naming a coroutine.
+        self._reading = ExclusiveSlot(
+            "another fiber is already reading from this source; give each fiber its own, or "
+            "hand the bytes on through a gb.Stream"
+        )
 
     def read_into(self, buf: WriteableBuffer) -> int:
-        self._check_open()
         out = memoryview(buf).cast("B")
         if not out:
+            self._check_open()
             return 0
-        # Completes without suspending (and without a greenlet switch) when bytes are buffered.
-        data = await_from_green(self._reader.read(len(out)))
+        data = self.read(len(out))
         n = len(data)
         out[:n] = data
         return n
 
     def read(self, n: int = DEFAULT_CHUNK) -> bytes:
-        """``reader.read(n)`` awaited (no scratch buffer); ``b""`` at end of input."""
+        """``reader.read(n)`` awaited (no scratch buffer); ``b""`` at end of input. Raises
+        ``BusyResourceError`` when another fiber is reading."""
         self._check_open()
         if n < 0:
             return self.readall()
-        return await_from_green(self._reader.read(n))
+        # Completes without suspending (and without a greenlet switch) when bytes are buffered.
+        with self._reading:
+            return await_from_green(self._reader.read(n))
 
 
 def source_of_reader(reader: asyncio.StreamReader) -> Source:
     """A ``Source`` over an ``asyncio.StreamReader``, for code in transition.
 
     ``read_into`` awaits ``reader.read`` (a cancellation point); the reader's own errors
-    (``ConnectionResetError`` ...) come through unchanged. Closing the source does not touch the
+    (``ConnectionResetError`` ...) come through unchanged; a second fiber reading while the
+    first waits gets ``BusyResourceError``. Closing the source does not touch the
     reader; close the writer of the same connection for that.
     """
     return _ReaderSource(reader)

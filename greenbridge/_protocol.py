@@ -4,55 +4,50 @@ Theory of operation
 ===================
 
 A ``Connection`` (the ``TwoWay`` flow green code sees) owns one ``_ConnProtocol`` (what the
-transport calls back). They share state through the protocol object; the connection only ever
-reads it and the transport's callbacks only ever change it, except where noted.
+transport calls back). The protocol owns the connection's state: its fields are changed only by
+its own methods -- the transport callbacks, and the few methods the connection calls
+(``take``, ``read_into``, ``wait_for_input``, ``wait_for_drain``, ``drop_input``,
+``release_waiters``, ``expire_reader``). The connection reads the fields, never writes them.
 
-Reading. The transport writes incoming bytes straight into the protocol's receive buffer
-(``get_buffer`` / ``buffer_updated``: no intermediate ``bytes`` object per read). Bytes live in
-``_buf[_start:_end]``. ``read_into`` copies out of that region without suspending when it is not
-empty; only when it is empty does the reading fiber park on a ``Waiter`` (``_reader``), which
-``buffer_updated``, ``eof_received`` and ``connection_lost`` wake. The waiter carries no data --
-it only says "look again" -- so a reader cancelled while parked loses nothing: the bytes stay in
-the buffer for the next reader.
+Reading. The transport writes incoming bytes straight into the protocol's ``ReceiveBuffer``
+(``get_buffer`` / ``buffer_updated``: no intermediate ``bytes`` object per read), which
+allocates on demand and gives its memory back after a burst (``_receive_buffer``). ``read`` and
+``read_into`` copy out without suspending when it is not empty; only when it is empty does the
+reading fiber park on a ``Waiter`` (``_reader``), which ``buffer_updated``, ``eof_received`` and
+``connection_lost`` wake through the loop's wake batch (``_wake_batch``). The waiter carries no
+data -- it only says "look again" -- so a reader cancelled (or timed out) while parked loses
+nothing: the bytes stay in the buffer for the next read.
 
-Memory is bounded by ``RECEIVE_BUFFER_SIZE``: when the buffer is full the transport is paused
+Read timeouts. A wait for input records when it started; a connection with a ``read_timeout``
+keeps at most one timer, armed at the first timed wait for that wait's deadline. When it fires
+it fails the reader if the wait in progress has lasted the whole timeout, else re-arms itself
+for that wait's deadline (or disarms, when no wait is in progress). So a busy connection costs
+one clock read per wait, not a timer per wait. Rejected: ``call_later`` + ``cancel`` around
+every wait -- measured with an in-process 1 KiB ping-pong through ``run_server``, it added about
+20 us of CPU per round trip on the asyncio loop (70-80 us without it, 95-120 us with it).
+
+Memory is bounded by ``RECEIVE_BUFFER_SIZE``: when that much is unread the transport is paused
 (``pause_reading``) and resumed once a reader has taken at least half of it.
-
-Waking readers. ``buffer_updated`` (and ``eof_received``, ``connection_lost``,
-``resume_writing``) does not resume the parked fiber itself: it hands the Waiter to the loop's
-``_WakeBatch``, which wakes every Waiter handed to it during one loop iteration from a single
-``call_soon`` callback of its own, in order. That callback runs in the loop greenlet at a shallow
-C stack, so ``Waiter.wake`` still switches straight into each fiber (no Task step), but the switch
-is cheap: greenlet saves and restores the part of the waker's C stack that lies below the
-fiber's stack base, and inside a transport callback (uvloop: ``uv_run`` -> ``uv__read`` -> the
-protocol) that part is several kilobytes, copied out and back on every resumption.
 
 Writing. ``write`` hands the bytes to ``transport.write`` (which sends at once when it can) and,
 if the transport has called ``pause_writing`` (its buffer is past the high-water mark), parks the
-fiber on a Waiter until ``resume_writing`` -- exactly StreamWriter's write-then-drain, without
-the Task wake-ups. Several fibers may wait for the drain at once.
+fiber on a Waiter (``_drainer``) until ``resume_writing`` -- exactly StreamWriter's
+write-then-drain, without the Task wake-ups.
 
-Rejected design
----------------
-Resuming the fiber from inside ``buffer_updated`` (the prototype's choice, DESIGN.md section 2).
-Measured with ``benchmarks/bench_echo.py`` (50 connections, 1 KiB ping-pong, server CPU per
-round trip, three interleaved runs each): 8.1-8.6 us on uvloop and 8.8-9.0 us on the asyncio
-loop, against 7.1-7.2 us and 8.0-8.2 us with the batch -- 10-20% more round trips per second
-for the batch. A micro-benchmark pins the cause: the same wake-up costs 1.8 us from a shallow
-caller, 2.3 us five C-level calls deeper and 3.4 us twenty deeper.
+One reader and one writer at a time: a second fiber reading (or writing) while the first waits
+gets ``BusyResourceError`` (``ExclusiveSlot``) before anything is read or sent, and the first
+one's operation goes on undisturbed.
 
 Invariants
 ----------
-* ``_start <= _end <= len(_buf)``; ``_start == _end`` means nothing is buffered, and both are
-  then reset to 0 so that the next ``get_buffer`` offers the whole buffer.
-* ``_reader`` is the Waiter of the one fiber parked in ``read_into``, else None; it is cleared
-  by whoever wakes it (so a waiter is woken at most once) and by the reader when its wait ends.
-* Every state change happens *before* a waiter is woken or batched: a Waiter may resume its
-  fiber synchronously (DESIGN.md section 2); a batched one is resumed when the loop next runs
-  its ready callbacks, and then finds the state as the callbacks left it.
+* ``_reader`` is the Waiter of the one fiber parked in ``wait_for_input``, else None; it is
+  cleared by whoever wakes it (so a waiter is woken at most once) and by the reader when its
+  wait ends. ``_drainer`` likewise for the one writer parked in ``wait_for_drain``.
+* Every state change happens *before* a waiter is woken or batched (see ``_wake_batch``).
 * ``_lost`` becomes True once, in ``connection_lost``; ``_error`` is then the exception the
   transport reported (None for a clean close). Buffered bytes are still delivered after that,
   the error is raised once they are gone.
+* ``_read_paused`` is True exactly while this protocol has paused the transport's reading.
 """
 
 from __future__ import annotations
@@ -61,97 +56,70 @@ import asyncio
 import errno
 import socket
 import struct
-import weakref
 from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import ClosedResourceError
-from ._flow import ShutdownHow, TwoWay
+from ._exclusive import ExclusiveSlot
+from ._flow import DEFAULT_CHUNK, ShutdownHow, TwoWay
+from ._receive_buffer import ReceiveBuffer
 from ._waiter import Waiter
+from ._wake_batch import wake_batch
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ("Connection",)
+__all__ = ("Connection", "ReadTimeout")
 
-# The receive buffer of one connection (the memory bound on unread input).
+# The bound on one connection's unread input.
 RECEIVE_BUFFER_SIZE = 64 * 1024
-# get_buffer() compacts the buffer when less than this is free at its end.
-_MIN_FREE = 16 * 1024
 
 _SHUTDOWN_HOWS = ("send", "receive", "all")
 
 
-class _WakeBatch:
-    """Waiters woken by the transport callbacks of one loop, resumed together, in order, from one
-    loop callback of their own: see "Waking readers" in the module memo."""
-
-    __slots__ = ("_scheduled", "_waiters")
-
-    def __init__(self) -> None:
-        # Invariant: _scheduled is True exactly while a flush is scheduled with the loop, and
-        # then _waiters is not empty. (No reference to the loop: it keys the batch weakly.)
-        self._waiters: list[Waiter] = []
-        self._scheduled = False
-
-    def add(self, waiter: Waiter) -> None:
-        """Wake ``waiter`` at the loop's next run of its ready callbacks. Called on the loop."""
-        self._waiters.append(waiter)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.wake()
-
-
-_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WakeBatch] = weakref.WeakKeyDictionary()
-
-
-def _wake_batch() -> _WakeBatch:
-    loop = asyncio.get_running_loop()
-    batch = _batches.get(loop)
-    if batch is None:
-        batch = _batches[loop] = _WakeBatch()
-    return batch
+class ReadTimeout(TimeoutError):
+    """A read waited longer than ``Connection.read_timeout`` (or its server shed the connection
+    to make room): the builtin ``TimeoutError`` for users; servers do not report it as a
+    handler's error."""
 
 
 class _ConnProtocol(asyncio.BufferedProtocol):
-    """The transport's side of a ``Connection``; see the module memo."""
+    """The transport's side of a ``Connection``, and the owner of its state; see the module memo."""
 
     __slots__ = (
-        "_buf",
-        "_drainers",
+        "_drainer",
         "_drop_input",
-        "_end",
         "_eof",
         "_error",
         "_keep_open_on_eof",
+        "_loop",
         "_lost",
         "_read_paused",
+        "_read_timeout",
         "_reader",
-        "_start",
+        "_reader_since",
+        "_rx",
+        "_timer",
         "_transport",
-        "_view",
         "_wakeups",
         "_write_paused",
     )
 
     def __init__(self, *, keep_open_on_eof: bool = True) -> None:
         self._transport: asyncio.Transport | None = None
-        self._wakeups = _wake_batch()
-        self._buf = bytearray(RECEIVE_BUFFER_SIZE)
-        self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = 0
+        self._loop = asyncio.get_running_loop()
+        self._wakeups = wake_batch()
+        self._rx = ReceiveBuffer(RECEIVE_BUFFER_SIZE)
         self._reader: Waiter | None = None
+        self._reader_since = 0.0  # loop time at which the latest wait for input started
+        self._read_timeout: float | None = None  # the timeout of the latest wait for input
+        # The read-timeout timer: at most one per connection, at or before the deadline of the
+        # wait in progress (never per wait; see "Read timeouts" in the module memo).
+        self._timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._eof = False  # the peer shut down its sending side
         self._drop_input = False  # shutdown("receive") on our side
         self._write_paused = False
-        self._drainers: list[Waiter] = []
+        self._drainer: Waiter | None = None
         self._lost = False
         self._error: BaseException | None = None
         # False for TLS: asyncio's SSL transport cannot stay half-open after the peer's EOF.
@@ -163,33 +131,15 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        end = self._end
-        if end == 0:  # the usual case: everything was read, offer the whole buffer as it is
-            return self._view
-        if len(self._buf) - end < _MIN_FREE:
-            self._make_room()
-            end = self._end
-        return self._view[end:]
-
-    def _make_room(self) -> None:
-        start, end = self._start, self._end
-        if start > 0:  # compact: move the unread bytes to the front
-            self._buf[: end - start] = self._view[start:end]
-            self._start, self._end = 0, end - start
-        if len(self._buf) - self._end == 0:
-            # Full and still asked for room: the transport did not honour pause_reading at once
-            # (some do once). Grow rather than fail; reading is paused, so this stays bounded.
-            grown = bytearray(2 * len(self._buf))
-            grown[: self._end] = self._view[: self._end]
-            self._view.release()
-            self._buf, self._view = grown, memoryview(grown)
+        return self._rx.room()
 
     def buffer_updated(self, nbytes: int) -> None:
+        rx = self._rx
+        rx.filled(nbytes)
         if self._drop_input:
-            self._start = self._end = 0
+            rx.clear()
             return
-        end = self._end = self._end + nbytes
-        if end - self._start >= RECEIVE_BUFFER_SIZE and not self._read_paused:
+        if len(rx) >= RECEIVE_BUFFER_SIZE and not self._read_paused:
             self._read_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -211,43 +161,173 @@ class _ConnProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        drainers, self._drainers = self._drainers, []
-        for waiter in drainers:
-            self._wakeups.add(waiter)
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None:
+            self._wakeups.add(drainer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
         self._lost = True
         self._error = exc
         self._write_paused = False
         reader, self._reader = self._reader, None
-        drainers, self._drainers = self._drainers, []
+        drainer, self._drainer = self._drainer, None
         if reader is not None:
             self._wakeups.add(reader)
-        for waiter in drainers:
-            self._wakeups.add(waiter)
+        if drainer is not None:
+            self._wakeups.add(drainer)
+
+    # -- the connection's side --------------------------------------------------------------------
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes, removed from the buffer; resumes reading when it drained."""
+        data = self._rx.take(n)
+        if self._read_paused:
+            self._maybe_resume_reading()
+        return data
+
+    def read_into(self, out: WriteableBuffer) -> int:
+        """Move buffered bytes into ``out`` (as ``take``); return how many."""
+        n = self._rx.read_into(out)
+        if self._read_paused:
+            self._maybe_resume_reading()
+        return n
+
+    def _maybe_resume_reading(self) -> None:
+        if len(self._rx) <= RECEIVE_BUFFER_SIZE // 2:
+            self._read_paused = False
+            if not self._lost:
+                assert self._transport is not None
+                self._transport.resume_reading()
+
+    def wait_for_input(self, timeout: float | None) -> None:
+        """Park the calling fiber until the transport says there may be more to read.
+
+        A cancellation point. Raises ``ReadTimeout`` once it has waited ``timeout`` seconds
+        (None: no limit); nothing is lost either way. See "Read timeouts" in the module memo.
+        """
+        waiter = self._reader = Waiter()
+        since = self._reader_since = self._loop.time()
+        self._read_timeout = timeout
+        if timeout is not None:
+            timer = self._timer
+            if timer is None or timer.when() > since + timeout:  # none yet, or for a longer timeout
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(since + timeout, self._check_read_timeout)
+        try:
+            waiter.wait()
+        finally:
+            if self._reader is waiter:
+                self._reader = None
+
+    def _check_read_timeout(self) -> None:
+        """The timer: fail a reader that has waited its whole timeout, else look again at the
+        deadline of the wait in progress (if any)."""
+        self._timer = None
+        reader, timeout = self._reader, self._read_timeout
+        if reader is None or timeout is None:
+            return  # no wait in progress: the next one arms the timer again
+        deadline = self._reader_since + timeout
+        if self._loop.time() >= deadline:
+            self._reader = None
+            reader.fail(
+                ReadTimeout(f"no input for {timeout:g} s (the connection's read_timeout); nothing was lost")
+            )
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_read_timeout)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def expire_reader(self, exc: BaseException) -> bool:
+        """Fail the parked reader's wait with ``exc``; False when no reader is parked."""
+        reader, self._reader = self._reader, None
+        return reader is not None and reader.fail(exc)
+
+    def wait_for_drain(self) -> None:
+        """Park the calling writer until the transport's send buffer drains (or the connection
+        is lost or closed). A cancellation point."""
+        waiter = self._drainer = Waiter()
+        try:
+            waiter.wait()
+        finally:
+            if self._drainer is waiter:
+                self._drainer = None
+
+    def drop_input(self) -> None:
+        """``shutdown("receive")``: drop what is buffered and all further input, resume
+        reading (to drain the socket), and tell a parked reader to look again."""
+        self._drop_input = True
+        self._rx.clear()
+        if self._read_paused:
+            self._read_paused = False
+            if not self._lost:
+                assert self._transport is not None
+                self._transport.resume_reading()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.wake()
+
+    def release_waiters(self, reader_error: BaseException) -> None:
+        """``close()``: fail a parked reader with ``reader_error``, wake a parked writer."""
+        self._cancel_timer()
+        reader, self._reader = self._reader, None
+        drainer, self._drainer = self._drainer, None
+        if reader is not None:
+            reader.fail(reader_error)
+        if drainer is not None:
+            drainer.wake()
 
 
 class Connection(TwoWay):
     """A network connection (TCP, Unix socket, TLS) as a ``TwoWay`` flow for green code.
 
     Made by ``net.connect``, ``net.connect_unix`` and ``Listener.accept``. One fiber may read
-    while others write. Close it (``close()`` or ``with``) when done.
+    while another writes; a second reader (or writer) while the first waits gets
+    ``BusyResourceError``. ``read_timeout`` bounds each wait for input. Close it (``close()``
+    or ``with``) when done.
 
     As an ``io.RawIOBase`` it can be wrapped: ``io.TextIOWrapper(io.BufferedReader(conn))``.
     Those wrappers own what they wrap -- closing (or collecting) them closes the connection;
     ``wrapper.detach()`` (twice for a text wrapper) hands it back.
     """
 
-    def __init__(self, transport: asyncio.Transport, protocol: _ConnProtocol) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, protocol: _ConnProtocol, *, read_timeout: float | None = None
+    ) -> None:
         super().__init__()
         self._transport = transport
         self._protocol = protocol
         self._send_closed = False
         self._closed = False  # mirrors io's ``closed``, cheaper to test on the hot paths
+        self._read_timeout = _check_timeout(read_timeout)
+        self._reading = ExclusiveSlot(
+            "another fiber is already reading from this connection; give each fiber its own "
+            "connection, or hand the bytes on through a gb.Stream"
+        )
+        self._writing = ExclusiveSlot(
+            "another fiber is already writing to this connection (waiting for the peer to read); "
+            "serialise the writers with a gb.Mutex"
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<greenbridge Connection {self.get_extra_info('peername')!r} {state}>"
+
+    @property
+    def read_timeout(self) -> float | None:
+        """The longest a read waits for input, in seconds (None: no limit). Past it the read
+        raises ``TimeoutError`` and loses nothing (the next read may wait again). Settable at
+        any time, e.g. by a server's handler: it applies to the waits that start afterwards.
+        ``net.run_server`` sets it to its ``idle_timeout``."""
+        return self._read_timeout
+
+    @read_timeout.setter
+    def read_timeout(self, seconds: float | None) -> None:
+        self._read_timeout = _check_timeout(seconds)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -259,91 +339,49 @@ class Connection(TwoWay):
         some arrive (a cancellation point: a cancelled read loses nothing). Raises
         ``ClosedResourceError`` after ``close()`` (also in a fiber blocked here when another
         closes the connection), ``ConnectionResetError`` (or another ``ConnectionError``) when
-        the connection broke, ``RuntimeError`` if another fiber is already reading.
+        the connection broke, ``TimeoutError`` past ``read_timeout``, ``BusyResourceError`` if
+        another fiber is already reading.
         """
-        p = self._protocol
-        while True:
-            if self._closed:
-                raise ClosedResourceError("read from a connection after close()")
-            start = p._start
-            available = p._end - start
-            if available:
-                out = buf if type(buf) is memoryview else memoryview(buf)
-                n = len(out)
-                if n >= available:
-                    n = available
-                    p._start = p._end = 0
-                else:
-                    p._start = start + n
-                out[:n] = p._view[start : start + n]
-                if p._read_paused:
-                    self._maybe_resume_reading()
-                return n
-            if len(buf) == 0 or not self._wait_for_input():  # type: ignore[arg-type]
-                return 0
+        if len(buf) == 0:  # type: ignore[arg-type]
+            self._check_open()
+            return 0
+        if not self._input_ready():
+            return 0
+        return self._protocol.read_into(buf)
 
-    def read(self, n: int = 65536) -> bytes:
+    def read(self, n: int = DEFAULT_CHUNK) -> bytes:
         """Read up to ``n`` bytes (at least one): ``b""`` at end of input; ``n < 0`` reads to
         the end of input. Suspends and raises like ``read_into``."""
-        if n < 0:
-            return self.readall()
+        if n <= 0:
+            if n < 0:
+                return self.readall()
+            self._check_open()
+            return b""
+        if not self._input_ready():
+            return b""
+        return self._protocol.take(n)
+
+    def _input_ready(self) -> bool:
+        """True once bytes are buffered (waiting for them if need be), False at end of input."""
         p = self._protocol
+        rx = p._rx
         while True:
             if self._closed:
                 raise ClosedResourceError("read from a connection after close()")
-            start = p._start
-            available = p._end - start
-            if available:
-                if n >= available:
-                    n = available
-                    p._start = p._end = 0
-                else:
-                    p._start = start + n
-                data = bytes(p._view[start : start + n])
-                if p._read_paused:
-                    self._maybe_resume_reading()
-                return data
-            if n == 0:
-                return b""
-            if p._drop_input or p._eof or p._lost or p._reader is not None:
-                if not self._wait_for_input():
-                    return b""
-                continue
-            # _wait_for_input inlined: this is the path of every read that waits.
-            waiter = p._reader = Waiter()
+            if len(rx):
+                return True
+            if p._drop_input or p._eof:
+                return False
+            if p._lost:
+                if p._error is not None:
+                    raise _connection_error(p._error)
+                return False
+            reading = self._reading
+            reading.acquire()
             try:
-                waiter.wait()
+                p.wait_for_input(self._read_timeout)
             finally:
-                if p._reader is waiter:
-                    p._reader = None
-
-    def _wait_for_input(self) -> bool:
-        """Nothing is buffered: False at end of input, else park until the protocol says there
-        may be more (True: look again). Raises the connection's error and ``RuntimeError`` when
-        another fiber is already reading."""
-        p = self._protocol
-        if p._drop_input or p._eof:
-            return False
-        if p._lost:
-            if p._error is not None:
-                raise _connection_error(p._error)
-            return False
-        if p._reader is not None:
-            raise RuntimeError("another fiber is already reading from this connection")
-        waiter = p._reader = Waiter()
-        try:
-            waiter.wait()
-        finally:
-            if p._reader is waiter:
-                p._reader = None
-        return True
-
-    def _maybe_resume_reading(self) -> None:
-        p = self._protocol
-        if p._end - p._start <= RECEIVE_BUFFER_SIZE // 2:
-            p._read_paused = False
-            if not p._lost:
-                self._transport.resume_reading()
+                reading.release()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -354,11 +392,15 @@ class Connection(TwoWay):
         high-water mark, suspends until it drains below the low mark (a cancellation point: the
         bytes already handed over are still sent). Raises ``ClosedResourceError`` after
         ``close()`` or ``shutdown("send")``, ``BrokenPipeError`` / ``ConnectionResetError`` when
-        the connection is gone.
+        the connection is gone, ``BusyResourceError`` (sending nothing) while another fiber's
+        write waits here.
         """
         if self._send_closed:
             self._check_open()
             raise ClosedResourceError("write to a connection after shutdown('send')")
+        writing = self._writing
+        if writing.busy:
+            writing.acquire()  # raises BusyResourceError: nothing of ``data`` is sent
         p = self._protocol
         transport = self._transport
         if p._lost or transport.is_closing():
@@ -371,14 +413,11 @@ class Connection(TwoWay):
             # will report connection_lost at the next loop iteration. Say so now.
             raise self._broken()
         while p._write_paused:
-            waiter = Waiter()
-            p._drainers.append(waiter)
+            writing.acquire()
             try:
-                waiter.wait()
-            except BaseException:
-                if waiter in p._drainers:
-                    p._drainers.remove(waiter)
-                raise
+                p.wait_for_drain()
+            finally:
+                writing.release()
             if self._closed:
                 raise ClosedResourceError("the connection was closed while a write waited")
             if p._lost and p._error is not None:
@@ -410,15 +449,7 @@ class Connection(TwoWay):
         if sending and not p._lost and not self._transport.can_write_eof():
             raise NotImplementedError("shutdown('send') is not supported on this transport (TLS)")
         if how != "send":
-            p._drop_input = True
-            p._start = p._end = 0
-            if p._read_paused:
-                p._read_paused = False
-                if not p._lost:
-                    self._transport.resume_reading()
-            reader, p._reader = p._reader, None
-            if reader is not None:
-                reader.wake()
+            p.drop_input()
         if sending:
             self._send_closed = True
             if not p._lost and not self._transport.is_closing():
@@ -437,16 +468,10 @@ class Connection(TwoWay):
             return
         self._closed = True
         super().close()
-        p = self._protocol
         self._send_closed = True
         if not self._transport.is_closing():
             self._transport.close()
-        reader, p._reader = p._reader, None
-        if reader is not None:
-            reader.fail(ClosedResourceError("the connection was closed while a read waited"))
-        drainers, p._drainers = p._drainers, []
-        for waiter in drainers:
-            waiter.wake()
+        self._protocol.release_waiters(ClosedResourceError("the connection was closed while a read waited"))
 
     def abort(self) -> None:
         """Close at once, dropping unsent bytes; over TCP the peer sees a reset
@@ -458,6 +483,16 @@ class Connection(TwoWay):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._transport.abort()
         self.close()
+
+    def _idle_since(self) -> float | None:
+        """The loop time at which the parked reader started waiting for input; None when no
+        fiber waits to read (servers shed the longest-idle connection when full)."""
+        p = self._protocol
+        return p._reader_since if p._reader is not None and not len(p._rx) else None
+
+    def _shed(self, reason: str) -> bool:
+        """Make the parked reader's wait raise ``ReadTimeout(reason)``; False if none waits."""
+        return self._protocol.expire_reader(ReadTimeout(reason))
 
     # -- information ------------------------------------------------------------------------------
 
@@ -475,6 +510,12 @@ class Connection(TwoWay):
     def sockname(self) -> Any:
         """The address of this end."""
         return self._transport.get_extra_info("sockname")
+
+
+def _check_timeout(seconds: float | None) -> float | None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"read_timeout must be a number of seconds > 0, or None; got {seconds!r}")
+    return seconds
 
 
 def _connection_error(exc: BaseException) -> BaseException:

@@ -129,26 +129,23 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         clock._now = max(clock._now, target)
 
 
-class _VirtualClockPolicy(asyncio.DefaultEventLoopPolicy):
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return self._clock.new_event_loop()
-
-
 @contextmanager
 def virtual_clock(start: float = 0.0, *, autojump_threshold: float = 0.0) -> Iterator[VirtualClock]:
     """Within the block, new event loops -- ``gb.run(fn)`` with the default ``backend="asyncio"``,
-    ``asyncio.run``, ``asyncio.Runner()`` and the ``run_green``/``run_async`` test fixtures on the
-    asyncio backend -- run on a ``VirtualClock`` (yielded). Restores the previous event loop
-    policy on exit. Raises ``ValueError`` for a negative or infinite ``autojump_threshold``.
+    ``asyncio.run``, ``asyncio.Runner()``, ``asyncio.new_event_loop()`` and the
+    ``run_green``/``run_async`` test fixtures on the asyncio backend -- run on a
+    ``VirtualClock`` (yielded). Does not suspend. Restores the previous loop factory on exit.
+    Raises ``ValueError`` for a negative or infinite ``autojump_threshold``.
+
+    It swaps ``asyncio``'s own ``new_event_loop`` for the block rather than setting an event
+    loop policy: Python 3.14 deprecates the policy API (and 3.16 removes it), while
+    ``asyncio.Runner`` -- hence ``asyncio.run`` and ``gb.run`` -- makes its loop with
+    ``asyncio.events.new_event_loop()`` on every version from 3.11 on.
     """
     clock = VirtualClock(start, autojump_threshold=autojump_threshold)
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_VirtualClockPolicy(clock))
+    previous = (asyncio.events.new_event_loop, asyncio.new_event_loop)
+    asyncio.events.new_event_loop = asyncio.new_event_loop = clock.new_event_loop
     try:
         yield clock
     finally:
-        asyncio.set_event_loop_policy(previous)
+        asyncio.events.new_event_loop, asyncio.new_event_loop = previous

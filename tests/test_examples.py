@@ -224,7 +224,18 @@ def test_readme_example(capsys: pytest.CaptureFixture[str]) -> None:
 def test_readme_keeps_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "    python3 -m pip install -e '.[uvloop]' && python3 examples/demo.py\n" in readme
-    assert "    python3 -m pip install -q tox && python3 -m tox\n" in readme
+    assert "    python3 -m pip install -q -e '.[test]' && python3 -m pytest\n" in readme
     for link in ("docs/porting.md", "greenbridge/_core.py", "benchmarks/RESULTS.md"):
         assert f"]({link})" in readme
         assert (ROOT / link).exists()
+
+
+def test_ci_runs_the_readme_test_command_first_then_the_matrix() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^    (python3 -m pip install -q -e .*python3 -m pytest)$", readme, re.MULTILINE)
+    assert command is not None
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert command.group(1) in ci
+    assert ci.index(command.group(1)) < ci.index("-m tox")
+    assert "apt-get install -y -qq postgresql redis-server" in ci  # the session fixtures' servers
+    assert "PYENV_VERSION" in ci

@@ -189,7 +189,7 @@ def test_nothing_outlives_the_loop(gb_backend: str) -> None:
     from _net_helpers import echo, serving
 
     from greenbridge import net
-    from greenbridge._protocol import _batches
+    from greenbridge._wake_batch import _batches
 
     def one_exchange() -> None:
         with net.listen("127.0.0.1", 0) as listener, serving(listener, echo):

@@ -240,7 +240,7 @@ def test_shutdown_receive_reads_end_of_input() -> None:
     with net.listen(HOST, 0) as listener, serving(listener, echo):
         with net.connect(*listener.address) as conn:
             conn.write(b"abc")
-            wait_until(lambda: conn._protocol._end > 0)
+            wait_until(lambda: len(conn._protocol._rx) > 0)
             conn.shutdown("receive")
             assert conn.read() == b""
             conn.write(b"still sending")  # the other direction is untouched
@@ -318,7 +318,7 @@ def test_slow_reader_blocks_the_writer_and_memory_stays_bounded() -> None:
                     received = 0
                     while data := conn.read():
                         received += len(data)
-                        assert conn._protocol._end - conn._protocol._start <= RECEIVE_BUFFER_SIZE
+                        assert len(conn._protocol._rx) <= RECEIVE_BUFFER_SIZE
                     _, peak = tracemalloc.get_traced_memory()
                 finally:
                     tracemalloc.stop()
@@ -345,7 +345,8 @@ def _writer_parked(conns: list[net.Connection]) -> bool:
     if not conns:
         return False
     conn = conns[0]
-    return bool(conn._protocol._drainers) and conn._transport.get_write_buffer_size() <= 2 * 65536 + 65536
+    parked = conn._protocol._drainer is not None
+    return parked and conn._transport.get_write_buffer_size() <= 2 * 65536 + 65536
 
 
 def test_ten_megabytes_through_copy_byte_exact() -> None:
@@ -413,11 +414,11 @@ def test_cancelled_write_leaves_the_connection_consistent() -> None:
                     conn.write(chunk)
 
             task = asyncio.ensure_future(gb.spawn_green(writer))
-            wait_until(lambda: bool(conn._protocol._drainers))
+            wait_until(lambda: conn._protocol._drainer is not None)
             task.cancel()
             gb.await_from_green(asyncio.wait([task]))
             assert task.cancelled()
-            assert not conn._protocol._drainers
+            assert conn._protocol._drainer is None
 
             def finish() -> None:
                 conn.write(b"END")  # waits for the drain the reader below makes

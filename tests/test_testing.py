@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,11 +90,34 @@ def test_autojump_threshold_lets_real_io_arrive_first() -> None:
     assert at == 0.0  # the clock never jumped: the thread answered first
 
 
-def test_the_previous_policy_is_restored_and_bad_thresholds_rejected() -> None:
-    before = asyncio.get_event_loop_policy()
+def test_the_previous_loop_factory_is_restored_and_bad_thresholds_rejected() -> None:
+    before = asyncio.new_event_loop
     with testing.virtual_clock():
-        assert asyncio.get_event_loop_policy() is not before
-    assert asyncio.get_event_loop_policy() is before
+        assert asyncio.new_event_loop is not before
+        loop = asyncio.new_event_loop()
+        try:
+            assert isinstance(loop, testing.VirtualClockLoop)
+        finally:
+            loop.close()
+    assert asyncio.new_event_loop is before and asyncio.events.new_event_loop is before
     for bad in (-1.0, float("inf")):
         with pytest.raises(ValueError):
             testing.VirtualClock(autojump_threshold=bad)
+
+
+def test_the_clock_never_touches_the_event_loop_policy_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python 3.14 deprecates get/set_event_loop_policy; with warnings as errors a use would fail.
+    def deprecated(*args: object) -> None:
+        raise AssertionError("the event loop policy API is deprecated from Python 3.14 on")
+
+    monkeypatch.setattr(asyncio, "get_event_loop_policy", deprecated)
+    monkeypatch.setattr(asyncio, "set_event_loop_policy", deprecated)
+    with testing.virtual_clock(start=5.0):
+        assert gb.run(gb.sleep, 1.0) is None
+        assert asyncio.run(_loop_time()) == 6.0
+    source = Path(testing.__file__).read_text()
+    assert "EventLoopPolicy" not in source and "event_loop_policy" not in source
+
+
+async def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
