@@ -477,3 +477,44 @@ def test_facades_of_modules_and_classes_wrap_what_constructors_return() -> None:
     assert type(driver.Sessions.create()) is gb.GreenFacade  # a class method's result too
     assert type(gb.green_facade(Item)()) is gb.GreenFacade
     assert repr(driver.Sessions) == f"<green façade of {Sessions!r}>"
+
+
+# -- declared (typed) façades --------------------------------------------------------------------
+
+
+class SyncResource(gb.GreenFacade[Resource]):
+    get = gb.green_method(Resource.get)
+    fail = gb.green_method(Resource.fail)
+
+    @gb.green_method
+    async def get_twice(res: Resource, x: int) -> list[int]:
+        return [await res.get(x), await res.get(x)]
+
+
+@pytest.mark.green
+def test_declared_facade_methods_await_and_keep_the_rest() -> None:
+    res = SyncResource(gb.green_facade(Resource([])))  # a façade passed in is unwrapped
+    assert type(res.__wrapped__) is Resource
+    assert res.get(21) == 42
+    assert res.get_twice(1) == [2, 2]
+    assert res.plain(1) == 2  # undeclared attributes still work at run time (as Any)
+    with pytest.raises(KeyError) as info:
+        res.fail()
+    assert info.value.__notes__ == ["greenbridge façade: raised by Resource.fail()"]
+    assert SyncResource.get.__name__ == "get" and res.get.__qualname__ == "Resource.get"
+    assert isinstance(SyncResource.__dict__["get"], gb.green_method)
+
+
+def test_declared_facade_outside_green_raises_and_starts_nothing(run_async: Run) -> None:
+    async def main() -> str:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(gb.NoGreenContext) as info:
+                SyncResource(Resource([])).get(1)
+            gc.collect()
+        assert [str(w.message) for w in caught] == []
+        return str(info.value)
+
+    assert run_async(main).startswith("Resource.get() (through a green façade) was called outside")
+    with pytest.raises(TypeError, match="needs an async method"):
+        gb.green_method(42)  # type: ignore[arg-type]
