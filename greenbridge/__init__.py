@@ -4,13 +4,13 @@ The two crossing points are ``await_from_green`` (green code waits for an asynci
 ``spawn_green`` (asyncio code runs a direct-style function); ``run`` starts a program.
 """
 
+from ._async_adapters import as_async as as_async
 from ._async_adapters import enter as enter
 from ._async_adapters import iterate as iterate
 from ._async_adapters import run_in_thread as run_in_thread
 from ._bufio import BufReader as BufReader
 from ._bufio import BufWriter as BufWriter
 from ._cancel import protect as protect
-from ._core import as_async as as_async
 from ._core import as_green as as_green
 from ._core import await_from_green as await_from_green
 from ._core import in_green as in_green

@@ -1,21 +1,27 @@
-"""Async context managers, async iterators and blocking calls, usable from green code."""
+"""Async context managers, async iterators and blocking calls, usable from green code; and
+``as_async``, which also turns a direct-style generator function into an async generator
+function (a framework's ``yield`` dependency whose body runs in fibers)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import functools
+import inspect
 import types
-from collections.abc import AsyncIterable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
-from ._core import _no_green_message, await_from_green, in_green
+from . import _core
+from ._core import _no_green_message, await_from_green, in_green, spawn_green
 from ._errors import NoGreenContext
 
-__all__ = ("enter", "iterate", "run_in_thread")
+__all__ = ("as_async", "enter", "iterate", "run_in_thread")
 
 T = TypeVar("T")
+Y = TypeVar("Y")
+P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")
 
 
@@ -118,3 +124,60 @@ def run_in_thread(fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
     loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, fn, *args)
     return await_from_green(loop.run_in_executor(None, call))
+
+
+@overload
+def as_async(  # type: ignore[overload-overlap]  # a generator function: the first overload wins
+    fn: Callable[P, Generator[Y, Any, Any]],
+) -> Callable[P, AsyncGenerator[Y, Any]]: ...
+@overload
+def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+def as_async(fn: Callable[P, Any]) -> Callable[P, Any]:
+    """Decorator: direct-style code becomes async code that runs it in green fibers.
+
+    A plain ``def`` becomes an ``async def`` that runs it in a fiber through ``spawn_green``. A
+    generator function (``def get_db(): with Session() as s: yield s``) becomes an async
+    generator function: each step of the generator -- up to the next ``yield``, and its ending
+    (``aclose()``, a thrown exception, normal exhaustion) -- runs in a fiber of the Task that
+    drives the async generator, so its ``finally`` and ``with`` exits run in green code, on the
+    loop, never in a thread. Frameworks that run plain ``def`` endpoints and dependencies in
+    worker threads (FastAPI, Starlette) run the decorated ones on the loop instead. Signature and
+    metadata are kept (``functools.wraps``). Each step is a suspension point.
+    """
+    if inspect.isgeneratorfunction(fn):
+        return _as_async_generator(fn)
+    return _core.as_async(fn)
+
+
+def _advance(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+    """One step of a generator, in a fiber: (False, yielded) or (True, None) once finished."""
+    try:
+        return False, step(value)
+    except StopIteration:  # not raised out of the fiber: a coroutine may not raise it
+        return True, None
+
+
+def _as_async_generator(fn: Callable[P, Generator[Y, Any, Any]]) -> Callable[P, AsyncGenerator[Y, Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Y, Any]:
+        gen = fn(*args, **kwargs)  # runs nothing of the body yet
+        step: Callable[[Any], Any] = gen.send
+        value: Any = None
+        try:
+            while True:
+                done, item = await spawn_green(_advance, step, value)
+                if done:
+                    return
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    raise  # aclose(): the generator is closed below, in a fiber
+                except BaseException as exc:  # athrow(): into the generator, in a fiber
+                    step, value = gen.throw, exc
+                else:
+                    step = gen.send
+        finally:
+            if inspect.getgeneratorstate(gen) != inspect.GEN_CLOSED:  # at a yield, or unstarted
+                await spawn_green(gen.close)
+
+    return wrapper
