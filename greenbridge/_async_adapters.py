@@ -11,7 +11,7 @@ import inspect
 import types
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, ParamSpec, TypeVar, TypeVarTuple, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _core
 from ._core import _no_green_message, await_from_green, in_green, spawn_green
@@ -22,7 +22,6 @@ __all__ = ("as_async", "enter", "iterate", "run_in_thread")
 T = TypeVar("T")
 Y = TypeVar("Y")
 P = ParamSpec("P")
-Ts = TypeVarTuple("Ts")
 
 
 class _EnteredAsync(AbstractContextManager[T]):
@@ -111,7 +110,7 @@ def _iterate(it: Any, anext: Any) -> Generator[Any, None, None]:
             await_from_green(aclose())
 
 
-def run_in_thread(fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
+def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a truly blocking call in the loop's default executor; the fiber waits, the loop runs.
 
     The caller's contextvars are copied into the thread. A suspension point: if the fiber is
@@ -122,7 +121,7 @@ def run_in_thread(fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
     if not in_green():
         raise NoGreenContext(_no_green_message("gb.run_in_thread()"))
     loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     return await_from_green(loop.run_in_executor(None, call))
 
 

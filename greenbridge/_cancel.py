@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar, TypeVarTuple, Unpack
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from greenlet import getcurrent
 
@@ -37,7 +37,7 @@ from ._waiter import Waiter
 __all__ = ("await_cancel", "check", "protect", "yield_")
 
 T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+P = ParamSpec("P")
 
 
 def _fiber_task(what: str) -> asyncio.Task[Any]:
@@ -98,8 +98,8 @@ def await_cancel() -> NoReturn:
     raise AssertionError("unreachable: a Waiter nobody holds was woken")
 
 
-def protect(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
-    """Run ``fn(*args)`` shielded from cancellation and return its result.
+def protect(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` shielded from cancellation and return its result.
 
     ``fn`` runs in a fiber of its own Task that shares the caller's ``contextvars.Context``, and
     the caller waits for it to finish whatever happens. If the caller is cancelled meanwhile, the
@@ -121,7 +121,7 @@ def protect(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
     # Sharing the Context (not a copy) keeps protect() transparent: fn sees and sets the caller's
     # context variables. The caller is suspended while fn runs, so the Context is never entered
     # twice at once.
-    task = loop.create_task(spawn_green(fn, *args), context=getcurrent().gr_context)
+    task = loop.create_task(spawn_green(fn, *args, **kwargs), context=getcurrent().gr_context)
     cancelled = False
     while True:
         try:

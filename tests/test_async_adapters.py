@@ -175,3 +175,38 @@ def test_no_green_context_in_an_anyio_worker_thread_names_the_fixes(run_async: R
 
 def test_no_green_context_in_a_thread_without_a_loop_keeps_its_message() -> None:
     assert "no event loop is running in this thread" in _await_in_this_thread()
+
+
+# -- one rule for every API taking ``fn, *args``: keyword arguments go to ``fn`` ------------------
+
+
+def _describe(a: int, *, b: int = 0) -> str:
+    return f"a={a} b={b}"
+
+
+@pytest.mark.green
+def test_every_api_taking_a_callable_passes_keyword_arguments_on() -> None:
+    assert gb.with_timeout(5, _describe, 1, b=2) == "a=1 b=2"
+    assert gb.protect(_describe, 1, b=3) == "a=1 b=3"
+    assert gb.run_in_thread(_describe, 1, b=4) == "a=1 b=4"
+    record: list[str] = []
+
+    def note(a: int, *, b: int = 0) -> None:
+        record.append(_describe(a, b=b))
+
+    with gb.Switch() as sw:
+        sw.fork(note, 1, b=6)
+        sw.fork_daemon(note, 1, b=7)
+        promise = sw.fork_promise(_describe, 1, b=8)
+        sw.on_release(note, 1, b=9)
+    assert promise.await_() == "a=1 b=8"
+    assert record == ["a=1 b=6", "a=1 b=7", "a=1 b=9"]
+
+
+def test_run_and_spawn_green_pass_keyword_arguments_on(run_async: Run) -> None:
+    assert gb.run(_describe, 1, b=5) == "a=1 b=5"
+
+    async def main() -> str:
+        return await gb.spawn_green(_describe, 1, b=10)
+
+    assert run_async(main) == "a=1 b=10"
