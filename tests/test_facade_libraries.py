@@ -61,6 +61,7 @@ def test_redis_client_from_a_module_facade(redis_server: Redis) -> None:
     aredis = gb.green_facade(redis.asyncio)
     with aredis.Redis(host=redis_server.host, port=redis_server.port) as client:
         assert type(client) is gb.GreenFacade
+        client.delete("facade:k", "facade:n")  # the server lives for the session: start clean
         client.set("facade:k", "v")
         assert client.get("facade:k") == b"v"
         with client.pipeline(transaction=True) as pipe:
