@@ -4,15 +4,15 @@ The two crossing points are ``await_from_green`` (green code waits for an asynci
 ``spawn_green`` (asyncio code runs a direct-style function); ``run`` starts a program.
 """
 
-from ._adapters import enter as enter
-from ._adapters import iterate as iterate
-from ._adapters import run_in_thread as run_in_thread
+from ._async_adapters import as_async as as_async
+from ._async_adapters import enter as enter
+from ._async_adapters import iterate as iterate
+from ._async_adapters import run_in_thread as run_in_thread
 from ._blocking import patch_blocking as patch_blocking
 from ._blocking import unpatch_blocking as unpatch_blocking
 from ._bufio import BufReader as BufReader
 from ._bufio import BufWriter as BufWriter
 from ._cancel import protect as protect
-from ._core import as_async as as_async
 from ._core import as_green as as_green
 from ._core import await_from_green as await_from_green
 from ._core import in_green as in_green
@@ -27,6 +27,7 @@ from ._errors import NoGreenContext as NoGreenContext
 from ._errors import SwitchFinishedError as SwitchFinishedError
 from ._facade import GreenFacade as GreenFacade
 from ._facade import green_facade as green_facade
+from ._facade import green_method as green_method
 from ._switch import Switch as Switch
 from ._sync import Condition as Condition
 from ._sync import Event as Event
@@ -76,6 +77,7 @@ __all__ = (
     "dump_fibers",
     "enter",
     "green_facade",
+    "green_method",
     "in_green",
     "iterate",
     "patch_blocking",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar, TypeVarTuple, Unpack
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from greenlet import getcurrent
 
@@ -39,7 +39,7 @@ from ._waiter import Waiter
 __all__ = ("await_cancel", "check", "protect", "yield_")
 
 T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+P = ParamSpec("P")
 
 
 def _fiber_task(what: str) -> asyncio.Task[Any]:
@@ -91,8 +91,8 @@ def await_cancel() -> NoReturn:
     raise AssertionError("unreachable: a Waiter nobody holds was woken")
 
 
-def protect(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
-    """Run ``fn(*args)`` shielded from cancellation and return its result.
+def protect(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` shielded from cancellation and return its result.
 
     ``fn`` runs in a fiber of its own Task that shares the caller's ``contextvars.Context``, and
     the caller waits for it to finish whatever happens. A cancellation of the caller that
@@ -116,7 +116,7 @@ def protect(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
     # context variables. The caller is suspended while fn runs, so the Context is never entered
     # twice at once -- which is also why the Task is made directly rather than by the loop's task
     # factory: an eager factory would step it at once, inside the caller's entered Context.
-    task = asyncio.Task(spawn_green(fn, *args), loop=loop, context=getcurrent().gr_context)
+    task = asyncio.Task(spawn_green(fn, *args, **kwargs), loop=loop, context=getcurrent().gr_context)
     held = False
     try:
         while True:

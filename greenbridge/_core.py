@@ -109,6 +109,7 @@ import functools
 import inspect
 import os
 import signal
+import sys
 import threading
 import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
@@ -377,6 +378,20 @@ async def spawn_green(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     return await _drive(fn, args, kwargs)  # type: ignore[no-any-return]
 
 
+def _bad_yield(out: Any) -> RuntimeError:
+    """The error a Task throws into a coroutine that yielded ``out`` (neither ``None`` nor a
+    blocking Future): the same messages as ``asyncio.Task``, so that a buggy awaitable fails in
+    green code exactly as under a native ``await``."""
+    task = asyncio.current_task()
+    if getattr(out, "_asyncio_future_blocking", None) is not None:
+        return RuntimeError(f"yield was used instead of yield from in task {task!r} with {out!r}")
+    if inspect.isgenerator(out):
+        return RuntimeError(
+            f"yield was used instead of yield from for generator in task {task!r} with {out!r}"
+        )
+    return RuntimeError(f"Task got bad yield: {out!r}")
+
+
 def await_from_green(awaitable: Awaitable[T]) -> T:
     """Wait, from green code, for an asyncio awaitable; return its result or raise its exception.
 
@@ -414,19 +429,26 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     step = stepper.step
     out = step.send(awaitable)
     if out is not _STEPPED:
-        try:
-            _check_suspension(current)
-        except NoGreenContext as exc:
-            out = step.throw(exc)
-    if out is not _STEPPED:
-        switch = current.parent.switch  # type: ignore[union-attr]
+        switch: Any = None  # the parent's switch, once the first suspension is allowed
         while True:
-            try:
-                value = switch(out)
-            except BaseException as exc:
-                out = step.throw(exc)
+            if out is not None and not getattr(out, "_asyncio_future_blocking", False):
+                # A buggy awaitable: fail it as a Task would, not as a foreign hand-over.
+                out = step.throw(_bad_yield(out))
+            elif switch is None:
+                try:
+                    _check_suspension(current)
+                except NoGreenContext as exc:
+                    out = step.throw(exc)
+                else:
+                    switch = current.parent.switch  # type: ignore[union-attr]
+                    continue
             else:
-                out = step.send(value)
+                try:
+                    value = switch(out)
+                except BaseException as exc:
+                    out = step.throw(exc)
+                else:
+                    out = step.send(value)
             if out is _STEPPED:
                 break
     current._stepper = stepper
@@ -476,6 +498,7 @@ if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
             _await_from_green_py,
             _check_suspension,
             f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
+            _bad_yield,
         )
         SPEEDUPS = True
 
@@ -491,9 +514,28 @@ def _await_outside_fiber(current: greenlet, awaitable: Awaitable[T]) -> T:
 
 
 def _no_green_message(what: str) -> str:
+    current: greenlet | None = getcurrent()
+    while current is not None and type(current) is not _Fiber:
+        current = current.parent
+    if current is not None:
+        return (
+            f"{what} was called outside a green fiber, in a plain greenlet started inside one. "
+            f"Only the fiber itself can wait: call it from the fiber's own code, or run this "
+            f"code in a fiber of its own (sw.fork(fn) on a gb.Switch, or 'await "
+            f"gb.spawn_green(fn)' from asyncio code)."
+        )
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        if _in_loop_worker_thread():
+            return (
+                f"{what} was called outside a green fiber, in a worker thread of a running event "
+                f"loop (FastAPI and Starlette run plain 'def' endpoints and dependencies in such "
+                f"threads, loop.run_in_executor too). Green code runs on the loop's thread: "
+                f"decorate the function with @gb.as_async so that the framework awaits it in a "
+                f"fiber, or from this thread call anyio.from_thread.run(gb.spawn_green, fn) or "
+                f"asyncio.run_coroutine_threadsafe(gb.spawn_green(fn), loop).result()."
+            )
         return (
             f"{what} was called outside a green fiber, and no event loop is running in this "
             f"thread. Start green code with gb.run(fn) or 'await gb.spawn_green(fn)'; to reach a "
@@ -504,6 +546,18 @@ def _no_green_message(what: str) -> str:
         f"callback). In a coroutine use 'await' instead; to run direct-style code from asyncio "
         f"use 'await gb.spawn_green(fn, ...)'."
     )
+
+
+def _in_loop_worker_thread() -> bool:
+    """A thread that a running loop hands work to: anyio's workers (Starlette, FastAPI), or an
+    executor's (asyncio's and uvloop's default executors name theirs ``asyncio_N``, ``uvloop_N``;
+    other executors ``ThreadPoolExecutor-N_M``)."""
+    thread = threading.current_thread()
+    if thread.name.startswith(("asyncio_", "uvloop_", "AnyIO worker thread", "ThreadPoolExecutor-")):
+        return True
+    anyio_loop = sys.modules.get("anyio._core._eventloop")
+    threadlocals = getattr(anyio_loop, "threadlocals", None)
+    return getattr(threadlocals, "current_token", None) is not None
 
 
 def in_green() -> bool:

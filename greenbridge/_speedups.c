@@ -7,7 +7,8 @@
  *
  * Why C: stepping an awaitable from Python ends every await in a StopIteration and costs a few
  * dozen bytecodes; PyIter_Send reports the return value without raising. Nothing else differs:
- * the iterator is stepped in the fiber's greenlet, every yielded value goes to the fiber's parent
+ * the iterator is stepped in the fiber's greenlet, every yielded value (None or a blocking Future;
+ * anything else is failed as a Task fails it, through _core._bad_yield) goes to the fiber's parent
  * (its driver) through greenlet's own ``switch``, and whatever the driver throws in is passed to
  * the iterator's ``throw``, as in _core.await_from_green.
  *
@@ -21,7 +22,8 @@ static PyObject *getcurrent;   /* greenlet.getcurrent */
 static PyObject *slow_path;    /* _core._await_from_green_py */
 static PyObject *suspend_check; /* _core._check_suspension: raises when the fiber may not suspend */
 static PyObject *doc_holder;   /* keeps the docstring's UTF-8 buffer alive */
-static PyObject *str_direct, *str_parent, *str_switch, *str_throw, *str_value;
+static PyObject *bad_yield;    /* _core._bad_yield: the error a Task throws in for a bad yield */
+static PyObject *str_direct, *str_blocking, *str_parent, *str_switch, *str_throw, *str_value;
 
 static PyMethodDef await_def;
 
@@ -122,6 +124,43 @@ await_from_green(PyObject *module, PyObject *awaitable)
     PyObject *parent = NULL;
     PySendResult status = PyIter_Send(it, Py_None, &out);
     while (status == PYGEN_NEXT) {
+        if (out != Py_None) {
+            /* Only None and blocking Futures go to the driver; anything else is a buggy
+               awaitable, failed as a Task would fail it (see _core._bad_yield). */
+            PyObject *blocking = PyObject_GetAttr(out, str_blocking);
+            int ok = 0;
+            if (blocking == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                    Py_DECREF(out);
+                    out = NULL;
+                    status = PYGEN_ERROR;
+                    break;
+                }
+                PyErr_Clear();
+            }
+            else {
+                ok = PyObject_IsTrue(blocking);
+                Py_DECREF(blocking);
+                if (ok < 0) {
+                    Py_DECREF(out);
+                    out = NULL;
+                    status = PYGEN_ERROR;
+                    break;
+                }
+            }
+            if (!ok) {
+                PyObject *exc = PyObject_CallOneArg(bad_yield, out);
+                Py_DECREF(out);
+                out = NULL;
+                if (exc == NULL) {
+                    status = PYGEN_ERROR;
+                    break;
+                }
+                status = throw_into(it, exc, &out);
+                Py_DECREF(exc);
+                continue;
+            }
+        }
         if (parent == NULL) {
             PyObject *ok = PyObject_CallOneArg(suspend_check, current);
             if (ok == NULL) {
@@ -176,8 +215,8 @@ await_from_green(PyObject *module, PyObject *awaitable)
 static PyObject *
 init(PyObject *module, PyObject *args)
 {
-    PyObject *fiber, *current, *slow, *check, *doc;
-    if (!PyArg_ParseTuple(args, "OOOOU:init", &fiber, &current, &slow, &check, &doc)) {
+    PyObject *fiber, *current, *slow, *check, *doc, *bad;
+    if (!PyArg_ParseTuple(args, "OOOOUO:init", &fiber, &current, &slow, &check, &doc, &bad)) {
         return NULL;
     }
     Py_XSETREF(suspend_check, Py_NewRef(check));
@@ -185,6 +224,7 @@ init(PyObject *module, PyObject *args)
     Py_XSETREF(getcurrent, Py_NewRef(current));
     Py_XSETREF(slow_path, Py_NewRef(slow));
     Py_XSETREF(doc_holder, Py_NewRef(doc));
+    Py_XSETREF(bad_yield, Py_NewRef(bad));
     const char *utf8 = PyUnicode_AsUTF8(doc_holder);
     if (utf8 == NULL) {
         return NULL;
@@ -204,7 +244,7 @@ init(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
-     "init(fiber_type, getcurrent, slow_path, suspend_check, doc) -> the C await_from_green"},
+     "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield) -> the C await_from_green"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -218,11 +258,12 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     str_direct = PyUnicode_InternFromString("_direct");
+    str_blocking = PyUnicode_InternFromString("_asyncio_future_blocking");
     str_parent = PyUnicode_InternFromString("parent");
     str_switch = PyUnicode_InternFromString("switch");
     str_throw = PyUnicode_InternFromString("throw");
     str_value = PyUnicode_InternFromString("value");
-    if (!str_direct || !str_parent || !str_switch || !str_throw || !str_value) {
+    if (!str_direct || !str_blocking || !str_parent || !str_switch || !str_throw || !str_value) {
         return NULL;
     }
     return PyModule_Create(&module_def);

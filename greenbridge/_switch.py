@@ -51,7 +51,7 @@ import asyncio
 import functools
 import types
 from collections.abc import Callable
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from typing import Any, ParamSpec, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -65,7 +65,14 @@ from ._waiter import Waiter
 __all__ = ("Switch",)
 
 T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+P = ParamSpec("P")
+
+
+def _bind(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """``fn`` and positional arguments to call it with later; keyword arguments bound in."""
+    return (functools.partial(fn, **kwargs), args) if kwargs else (fn, args)
 
 _NEW, _OPEN, _EXITING, _RELEASING, _FINISHED = range(5)
 _STATE_NAMES = ("new", "open", "exiting", "releasing", "finished")
@@ -179,8 +186,8 @@ class Switch:
 
     # -- forking -----------------------------------------------------------------------------
 
-    def fork(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
-        """Run ``fn(*args)`` in a new fiber on this switch (see the scheduling order above).
+    def fork(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run ``fn(*args, **kwargs)`` in a new fiber on this switch (see the scheduling order above).
 
         Its exception fails the switch. Never suspends. A fiber forked on a switch that has
         failed or been cancelled, or once its non-daemon work is done, does not start: ``fn``
@@ -188,20 +195,20 @@ class Switch:
         once the switch has finished, ``RuntimeError`` before it is entered, ``TypeError`` at
         once when ``fn`` is not callable.
         """
-        self._fork(fn, args, False, None, None)
+        self._fork(*_bind(fn, args, kwargs), False, None, None)
 
-    def fork_daemon(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
+    def fork_daemon(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Like ``fork``, but the fiber is cancelled once the body and every non-daemon fiber
         have finished (a background service for the others). Its cancellation is not a
         failure; another exception is. Never suspends."""
-        self._fork(fn, args, True, None, None)
+        self._fork(*_bind(fn, args, kwargs), True, None, None)
 
-    def fork_promise(self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> Promise[T]:
+    def fork_promise(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Promise[T]:
         """Like ``fork``, but ``fn``'s result or exception settles the returned promise instead
         of failing the switch (a cancelled fiber rejects it with ``CancelledError``). Never
         suspends."""
         promise: Promise[T] = Promise()
-        self._fork(fn, args, False, promise, None)
+        self._fork(*_bind(fn, args, kwargs), False, promise, None)
         return promise
 
     def _fork(
@@ -340,8 +347,8 @@ class Switch:
 
     # -- release hooks ---------------------------------------------------------------------------
 
-    def on_release(self, fn: Callable[[Unpack[Ts]], object], /, *args: *Ts) -> None:
-        """Call ``fn(*args)`` when the switch finishes: after every fiber ended, last registered
+    def on_release(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Call ``fn(*args, **kwargs)`` when the switch finishes: after every fiber ended, last registered
         first, shielded from cancellation (``protect``). Its exception fails the switch.
 
         Never suspends. Called once the release phase has begun -- from a release hook, or on a
@@ -351,12 +358,12 @@ class Switch:
         """
         if self._state == _RELEASING or self._state == _FINISHED:
             try:
-                protect(fn, *args)
+                protect(fn, *args, **kwargs)
             finally:
                 self._refuse("register a release hook on")
         if self._state == _NEW:
             self._refuse("register a release hook on")
-        self._releases.append((fn, args))
+        self._releases.append(_bind(fn, args, kwargs))
 
     def _refuse(self, what: str) -> None:
         if self._state == _NEW:

@@ -6,7 +6,7 @@ import asyncio
 import types
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TypeVar, TypeVarTuple
+from typing import ParamSpec, TypeVar
 
 from ._control import _cancel_pending
 from ._core import _no_green_message, await_from_green, in_green
@@ -16,7 +16,7 @@ from ._waiter import Waiter
 __all__ = ("sleep", "timeout", "with_timeout")
 
 T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+P = ParamSpec("P")
 
 
 def sleep(seconds: float) -> None:
@@ -90,8 +90,8 @@ def timeout(seconds: float | None) -> AbstractContextManager[asyncio.Timeout]:
     return _GreenTimeout(seconds)
 
 
-def with_timeout(seconds: float | None, fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
-    """Call ``fn(*args)`` under ``gb.timeout(seconds)``; return its result or raise
+def with_timeout(seconds: float | None, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call ``fn(*args, **kwargs)`` under ``gb.timeout(seconds)``; return its result or raise
     ``TimeoutError``."""
     with timeout(seconds):
-        return fn(*args)
+        return fn(*args, **kwargs)

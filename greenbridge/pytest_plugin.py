@@ -30,6 +30,13 @@ Fixtures
   in debug mode; returns the result.
 
 Both fixtures check for fiber leaks when the test ends (a leak is then an error at teardown).
+
+Timeouts on uvloop
+------------------
+pytest-timeout's signal cannot interrupt uvloop's waiting loop, so a hung green test on uvloop
+would never end. For those tests the plugin takes pytest-timeout's timeout over: a watchdog thread
+cancels the test's Task when the time is up (again every second if the test swallows it), and the
+test fails with "Timeout (>Ns) from greenbridge's watchdog".
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -259,10 +267,115 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     backend = pyfuncitem.funcargs.get("gb_backend") or _configured_backends(pyfuncitem.config)[0]
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     before = _fiber_ids()
+    watchdog = _Watchdog.for_item(pyfuncitem) if backend == "uvloop" else None
     try:
-        run(test, backend=str(backend), debug=True, **kwargs)
+        if watchdog is None:
+            run(test, backend=str(backend), debug=True, **kwargs)
+        else:
+            with watchdog:
+                run(watchdog.watching(test), backend=str(backend), debug=True, **kwargs)
     except BaseException:
         _kill(_leaked(before))  # the test's own failure is the one worth reporting
+        if watchdog is not None and watchdog.expired:
+            pytest.fail(
+                f"Timeout (>{watchdog.seconds}s) from greenbridge's watchdog: the test's Task was "
+                f"cancelled (on uvloop, pytest-timeout's signal cannot interrupt a waiting loop)",
+                pytrace=False,
+            )
         raise
     _check_no_fiber_leak(before, pyfuncitem.name)
     return True
+
+
+# -- timeouts on uvloop -----------------------------------------------------------------------------
+#
+# pytest-timeout's default method is SIGALRM, whose Python handler raises inside whatever runs
+# next in the main thread. A green test waiting on uvloop is inside uvloop's C loop: the failure
+# surfaces (if at all) inside a loop callback, where uvloop reports it as an unhandled callback
+# error, and the run does not end. So for green tests on uvloop the plugin takes the timeout
+# over: pytest-timeout is switched off for the test (``timeout(0)``, added at collection) and a
+# watchdog thread cancels the test's Task when the time is up, through the loop's thread-safe
+# entry; the test then fails with "Timeout". A test that swallows that cancellation is cancelled
+# again every second.
+
+_WATCHDOG_KEY = pytest.StashKey[float]()
+
+
+def _pytest_timeout_seconds(item: pytest.Item) -> float:
+    try:
+        import pytest_timeout
+    except ImportError:
+        return 0.0
+    if not item.config.pluginmanager.hasplugin("timeout"):
+        return 0.0
+    try:
+        settings = pytest_timeout._get_item_settings(item)
+    except Exception:  # a private helper of pytest-timeout: without it, no watchdog
+        return 0.0
+    return float(settings.timeout or 0.0)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("gb_backend") if callspec is not None else None
+        backend = backend or _configured_backends(config)[0]
+        if backend != "uvloop" or item.get_closest_marker("green") is None:
+            continue
+        seconds = _pytest_timeout_seconds(item)
+        if seconds > 0:
+            item.stash[_WATCHDOG_KEY] = seconds
+            item.add_marker(pytest.mark.timeout(0), append=False)  # ours now, see above
+
+
+class _Watchdog:
+    """Cancels the test's Task from a thread once ``seconds`` have passed (see above)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="greenbridge watchdog", daemon=True)
+
+    @classmethod
+    def for_item(cls, item: pytest.Item) -> _Watchdog | None:
+        seconds = item.stash.get(_WATCHDOG_KEY, 0.0)
+        return cls(seconds) if seconds > 0 else None
+
+    def watching(self, test: Callable[..., T]) -> Callable[..., T]:
+        """``test``, recording the loop and Task it runs in before it starts."""
+
+        def watched(**kwargs: Any) -> T:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            return test(**kwargs)
+
+        return watched
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        while True:
+            loop, task = self._loop, self._task
+            if loop is not None and task is not None:
+                try:
+                    loop.call_soon_threadsafe(self._expire, task)
+                except RuntimeError:  # the loop has closed meanwhile: the test is over
+                    return
+            if self._done.wait(1.0):
+                return
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self.expired = True
+        task.cancel("greenbridge watchdog: the test timed out")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import sqlite3
 import types
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +97,12 @@ def test_errors_keep_their_type_and_name_the_wrapped_call() -> None:
         with pytest.raises(sqlite3.OperationalError, match="no such table") as info:
             conn.execute("SELECT * FROM missing")
         assert info.value.__notes__ == ["greenbridge façade: raised by Connection.execute()"]
-        # Classes come out unchanged, so `except` clauses written against the façade work.
+        # Exception classes come out unchanged, so `except` clauses written against the façade
+        # work; a class of async objects comes out as a façade that isinstance() understands.
         assert db.OperationalError is sqlite3.OperationalError
-        assert db.Connection is aiosqlite.Connection
+        assert db.Connection.__wrapped__ is aiosqlite.Connection
+        assert isinstance(conn, db.Connection) and isinstance(conn.__wrapped__, db.Connection)
+        assert issubclass(aiosqlite.Connection, db.Connection)
 
 
 @pytest.mark.green
@@ -318,8 +323,8 @@ def test_misuse_says_what_is_wrong() -> None:
         pass
     with pytest.raises(TypeError, match="not iterable"):
         iter(gb.green_facade(Resource([])))
-    with pytest.raises(TypeError, match="wrap an instance"):
-        gb.green_facade(Resource)
+    with pytest.raises(TypeError, match=r"'AsyncCounter' object \(behind a green façade\) is not callable"):
+        counter()
 
 
 @pytest.mark.green
@@ -345,3 +350,171 @@ def test_sync_context_managers_and_iterables_pass_through() -> None:
         assert value == 1
     first, second = facade
     assert type(first) is gb.GreenFacade and second == 5
+
+
+# -- shapes of async APIs (issue 11), each without a library ---------------------------------------
+
+
+class Sessions:
+    """Methods returning async context managers, awaitables that are also ones, and a factory."""
+
+    def __init__(self, record: list[str]) -> None:
+        self.record = record
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[str]:
+        self.record.append("open")
+        try:
+            yield "entered"
+        finally:
+            self.record.append("close")
+
+    def acquire(self) -> Acquire:
+        return Acquire(self)
+
+    async def release(self, item: object) -> None:
+        self.record.append(f"release {type(item).__name__}")
+
+    @classmethod
+    def create(cls) -> Sessions:
+        return cls([])
+
+
+class Item:
+    async def ping(self) -> str:
+        return "pong"
+
+
+class Acquire:
+    """Like asyncpg's ``pool.acquire()``: ``await`` it, or ``async with`` it (releasing)."""
+
+    def __init__(self, owner: Sessions) -> None:
+        self.owner = owner
+        self.item: Item | None = None
+
+    def __await__(self) -> Generator[Any, None, Item]:
+        self.owner.record.append("acquire")
+        yield from asyncio.sleep(0).__await__()
+        return Item()
+
+    async def __aenter__(self) -> Item:
+        self.item = await self
+        return self.item
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.owner.release(self.item)
+
+
+@pytest.mark.green
+def test_a_method_returning_an_async_context_manager_is_entered_by_with() -> None:
+    record: list[str] = []
+    with gb.green_facade(Sessions(record)).session() as value:
+        assert value == "entered"
+        assert record == ["open"]
+    assert record == ["open", "close"]
+
+
+@pytest.mark.green
+def test_an_awaitable_async_context_manager_works_both_ways() -> None:
+    record: list[str] = []
+    sessions = gb.green_facade(Sessions(record))
+    with sessions.acquire() as item:  # async with: entered, released on exit
+        assert item.ping() == "pong"
+    assert record == ["acquire", "release Item"]
+    item = sessions.acquire()  # await: the item itself, released by hand
+    assert type(item) is gb.GreenFacade and item.ping() == "pong"
+    sessions.release(item)  # the façade is unwrapped on the way back in
+    assert record == ["acquire", "release Item"] * 2
+    # Anywhere but right after `with`, the call is awaited, as `await` would be.
+    pending = [sessions.acquire()]
+    assert type(pending[0].__wrapped__) is Item
+
+
+@pytest.mark.green
+def test_facades_passed_back_in_are_unwrapped() -> None:
+    seen: list[object] = []
+
+    class Library:
+        async def take(self, *items: object, key: object = None) -> None:
+            seen.extend([*items, key])
+
+    lib = gb.green_facade(Library())
+    item = gb.green_facade(Item())
+    lib.take(item, key=item)
+    lib.attr = item
+    assert seen == [item.__wrapped__, item.__wrapped__]
+    assert all(type(x) is Item for x in seen) and type(lib.__wrapped__.attr) is Item  # type: ignore[attr-defined]
+
+
+@pytest.mark.green
+def test_coroutine_methods_made_by_wrappers_are_recognised() -> None:
+    # asyncpg's PoolConnectionProxy: plain functions returning coroutines, marked by
+    # functools.update_wrapper (``__wrapped__``) or asyncio's old marker.
+    async def ping(self: object) -> str:
+        return "pong"
+
+    def forward(self: object) -> Coroutine[Any, Any, str]:
+        return ping(self)
+
+    proxy_type = type("Proxy", (), {"ping": functools.update_wrapper(forward, ping)})
+    holder_type = type("Holder", (), {"get": lambda self: proxy_type(), "go": ping})
+    proxy = gb.green_facade(holder_type()).get()
+    assert type(proxy) is gb.GreenFacade
+    assert proxy.ping() == "pong"
+
+
+@pytest.mark.green
+def test_facades_of_modules_and_classes_wrap_what_constructors_return() -> None:
+    module = types.ModuleType("driver")
+    module.Sessions = Sessions  # type: ignore[attr-defined]
+    module.Error = KeyError  # type: ignore[attr-defined]
+    driver = gb.green_facade(module)
+    assert driver.Error is KeyError  # exception classes unchanged: `except driver.Error` works
+    made = driver.Sessions([])
+    assert type(made) is gb.GreenFacade and isinstance(made, driver.Sessions)
+    with made.session() as value:
+        assert value == "entered"
+    assert type(driver.Sessions.create()) is gb.GreenFacade  # a class method's result too
+    assert type(gb.green_facade(Item)()) is gb.GreenFacade
+    assert repr(driver.Sessions) == f"<green façade of {Sessions!r}>"
+
+
+# -- declared (typed) façades --------------------------------------------------------------------
+
+
+class SyncResource(gb.GreenFacade[Resource]):
+    get = gb.green_method(Resource.get)
+    fail = gb.green_method(Resource.fail)
+
+    @gb.green_method
+    async def get_twice(res: Resource, x: int) -> list[int]:
+        return [await res.get(x), await res.get(x)]
+
+
+@pytest.mark.green
+def test_declared_facade_methods_await_and_keep_the_rest() -> None:
+    res = SyncResource(gb.green_facade(Resource([])))  # a façade passed in is unwrapped
+    assert type(res.__wrapped__) is Resource
+    assert res.get(21) == 42
+    assert res.get_twice(1) == [2, 2]
+    assert res.plain(1) == 2  # undeclared attributes still work at run time (as Any)
+    with pytest.raises(KeyError) as info:
+        res.fail()
+    assert info.value.__notes__ == ["greenbridge façade: raised by Resource.fail()"]
+    assert SyncResource.get.__name__ == "get" and res.get.__qualname__ == "Resource.get"
+    assert isinstance(SyncResource.__dict__["get"], gb.green_method)
+
+
+def test_declared_facade_outside_green_raises_and_starts_nothing(run_async: Run) -> None:
+    async def main() -> str:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(gb.NoGreenContext) as info:
+                SyncResource(Resource([])).get(1)
+            gc.collect()
+        assert [str(w.message) for w in caught] == []
+        return str(info.value)
+
+    assert run_async(main).startswith("Resource.get() (through a green façade) was called outside")
+    with pytest.raises(TypeError, match="needs an async method"):
+        gb.green_method(42)  # type: ignore[arg-type]

@@ -55,3 +55,12 @@ def decorated_green() -> None:
     assert_type(download("u", retries=2), bytes)
     download("u", retries="2")  # type: ignore[arg-type]
     assert_type(gb.with_timeout(1.0, add, 1, "x"), float)
+
+
+def keyword_arguments_for_fn() -> None:
+    # One rule: every API taking ``fn, *args`` passes keyword arguments on to ``fn``, typed.
+    assert_type(gb.with_timeout(1.0, add, 1, b="x"), float)
+    gb.with_timeout(1.0, add, 1, c="x")  # type: ignore[call-arg]
+    assert_type(gb.protect(add, a=1, b="x"), float)
+    assert_type(gb.run_in_thread(add, 1, b="x"), float)
+    gb.run_in_thread(add, 1, b=2)  # type: ignore[arg-type]
