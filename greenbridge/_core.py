@@ -488,11 +488,11 @@ _await_from_green_py = await_from_green
 SPEEDUPS = False
 if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
     try:
-        from . import _speedups  # type: ignore[attr-defined]
+        from . import _speedups  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         pass
     else:
-        await_from_green = _speedups.init(
+        await_from_green = cast(Any, _speedups).init(
             _Fiber,
             getcurrent,
             _await_from_green_py,
