@@ -55,8 +55,11 @@ switches straight into the parked fiber instead of completing that Future: no Ta
 loop iteration. The fiber then runs outside its Task's step (``_direct``) -- though with its
 Task made current, so ``asyncio.current_task()`` in green code is always the hosting Task --
 until it parks again (back to the waker) or needs its Task's step (to await asyncio code, or to
-finish): then it completes ``_park`` and its driver resumes it inside the Task. See the section
-above ``_park``. Greenlet copies the part of the waker's C stack below the fiber's base on every
+finish): then it completes ``_park`` and its driver resumes it inside the Task. That plumbing --
+parking, resuming, delivering and withdrawing cancellation, KeyboardInterrupt protection -- lives
+in ``_control``, whose memo states its rules and where each is enforced.
+
+Greenlet copies the part of the waker's C stack below the fiber's base on every
 switch, so a switch from deep inside a transport callback costs more than from a shallow one:
 the connection protocol (``_protocol.py``) therefore wakes its readers from one ``call_soon``
 callback per loop turn rather than from ``buffer_updated`` itself (measured 10-20 % more round

@@ -19,13 +19,20 @@ Rules (each one is a test):
 4. Release hooks run last-in first-out, after every fiber ended, each under ``protect``.
 5. A switch whose host Task is cancelled from asyncio cancels all its fibers, waits for them,
    and raises ``CancelledError`` (unless a fiber failed for real: then that failure).
-6. A finished switch refuses new work with ``SwitchFinishedError``.
+6. A finished switch -- from its release phase on -- refuses new work with
+   ``SwitchFinishedError``; ``on_release`` then runs the hook at once before raising.
+7. A cancellation pending when the switch is entered is raised at entry (``__enter__``).
+8. A fiber forked once the switch has failed or been cancelled, or once its non-daemon work is
+   done, never starts (``_Child.doomed``); a child whose Task asyncio cancels before its first
+   step is accounted for by a done-callback (``_watch_unstarted``).
 
 Scheduling order of ``fork``
 ----------------------------
 ``fork`` creates the fiber's Task at once and returns; the fiber starts the next time the
 forking fiber suspends, after whatever was already ready to run, and fibers forked in a row start
 in the order they were forked (asyncio's ready queue is FIFO, on asyncio and on uvloop alike).
+Under an eager task factory the Task's first step runs inside ``fork``; ``_child_main`` then
+only reschedules itself (a bare yield), so the order is the same in every mode.
 A fiber then runs until its own next suspension point. Runs are therefore deterministic.
 
 Cancellation bookkeeping
