@@ -109,3 +109,30 @@ def test_aiosqlite_backup_takes_a_facade(tmp_path: Path) -> None:
         src.commit()
         src.backup(dst)  # aiosqlite reaches into dst's sqlite3 connection: it must be unwrapped
         assert dst.execute("SELECT n FROM t").fetchall() == [(7,)]
+
+
+@pytest.mark.green
+def test_websockets_connect_through_a_module_facade() -> None:
+    """``websockets.connect(...)`` is awaitable and an async context manager: through a module
+    façade it gives a façade both ways, whose coroutine methods are plain calls."""
+    websockets = pytest.importorskip("websockets")
+    from websockets.asyncio.server import serve
+
+    async def echo(connection: Any) -> None:
+        async for message in connection:
+            await connection.send(f"echo {message}")
+
+    ws = gb.green_facade(websockets)
+    with gb.enter(serve(echo, "127.0.0.1", 0)) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        with ws.connect(f"ws://127.0.0.1:{port}") as connection:  # entered, not awaited
+            assert type(connection) is gb.GreenFacade
+            connection.send("one")
+            assert connection.recv() == "echo one"
+        connection = ws.connect(f"ws://127.0.0.1:{port}")  # awaited: an open connection
+        try:
+            assert type(connection) is gb.GreenFacade
+            connection.send("two")
+            assert connection.recv() == "echo two"
+        finally:
+            connection.close()
