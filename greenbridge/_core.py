@@ -115,6 +115,7 @@ import signal
 import sys
 import threading
 import types
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -203,12 +204,15 @@ async def _pool_guard() -> AsyncGenerator[None, None]:
         yield
     finally:
         _drain_pool()
+        # Done: drop the guard, whose first-iteration hook left it holding the loop.
+        _local.guard = _local.guarded_loop = None
 
 
 def _guard_pool() -> None:
     """Make sure the running loop will empty this thread's pool when it shuts down."""
     loop = asyncio._get_running_loop()
-    if loop is None or getattr(_local, "guarded_loop", None) is loop:
+    guarded = getattr(_local, "guarded_loop", None)  # a weak reference: the pool must not keep
+    if loop is None or (guarded is not None and guarded() is loop):  # a closed loop alive
         return
     old = getattr(_local, "guard", None)
     if old is not None:  # a guard of a loop that was closed without shutdown_asyncgens()
@@ -218,7 +222,7 @@ def _guard_pool() -> None:
     guard = _pool_guard()
     with contextlib.suppress(StopIteration):
         guard.asend(None).send(None)  # first iteration: the loop's hook now tracks the guard
-    _local.guard, _local.guarded_loop = guard, loop
+    _local.guard, _local.guarded_loop = guard, weakref.ref(loop)
 
 
 def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
