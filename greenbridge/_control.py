@@ -251,23 +251,34 @@ _INFRASTRUCTURE = ("asyncio", "selectors", "greenlet", "contextlib", "functools"
 _UNPROTECTED_CODES: set[Any] = set()  # greenbridge frames that are entry points (gb.run)
 
 
-def _ki_protected(frame: Any) -> bool:
-    """True when an interrupt arriving in ``frame`` would land inside greenbridge's plumbing."""
+def _ki_protected(frame: Any, loop_running: bool) -> bool:
+    """True when an interrupt arriving in ``frame`` would land inside greenbridge's plumbing.
+
+    While the loop runs, ``asyncio.Runner.run`` is where waiting and user callbacks happen: an
+    interrupt whose innermost frames are asyncio's own below it (the selector's wait) is not
+    ours to defer, whatever greenbridge frame called ``Runner.run``.
+    """
     while frame is not None:
+        code = frame.f_code
         module = frame.f_globals.get("__name__", "")
         if module.startswith("greenbridge.") or module == "greenbridge":
-            return frame.f_code not in _UNPROTECTED_CODES
+            return code not in _UNPROTECTED_CODES
         if module.split(".", 1)[0] not in _INFRASTRUCTURE:
+            return False
+        if loop_running and code is _RUNNER_RUN:
             return False
         frame = frame.f_back
     return False
+
+
+_RUNNER_RUN = asyncio.Runner.run.__code__
 
 
 class _SigintHandler:
     """``gb.run``'s SIGINT handler: asyncio.Runner's, with the interrupt deferred out of the
     plumbing (see above)."""
 
-    __slots__ = ("deferred", "interrupts", "loop", "main", "owed")
+    __slots__ = ("deferred", "interrupts", "loop", "main", "owed", "shutdown_interrupts")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.loop = loop  # set once the Runner has made its loop
@@ -277,12 +288,13 @@ class _SigintHandler:
         # plumbing once the program had ended (the loop is shutting down): gb.run raises it last.
         self.deferred = False
         self.owed = False
+        self.shutdown_interrupts = 0
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
         main = self.main
         running = main is not None and not main.done()
-        protected = _ki_protected(frame)
+        protected = _ki_protected(frame, self.loop is not None and self.loop.is_running())
         if self.interrupts == 1 and running:
             # As asyncio.Runner, the first Ctrl-C cancels the program -- from a callback of its
             # own when it lands in the plumbing: Task.cancel() cancels the Future the Task waits
@@ -292,6 +304,16 @@ class _SigintHandler:
             if not protected:
                 self._cancel_main()
             return
+        if main is not None and main.done():
+            # The program has ended and the loop is shutting down: interrupting the clean-up
+            # (cancelling the leftovers, closing their transports) would leave sockets open and
+            # fibers unwound. Owe the interrupt -- unless Ctrl-C keeps coming (a clean-up that
+            # hangs): the third one during the shutdown is raised where it lands.
+            self.shutdown_interrupts += 1
+            if self.shutdown_interrupts < 3:
+                self.owed = True
+                return
+            raise KeyboardInterrupt()
         if not protected:
             raise KeyboardInterrupt()
         # In the plumbing, and Ctrl-C again: the interrupt is owed -- the program is cancelled

@@ -639,14 +639,17 @@ def run(
     factory = _loop_factory(backend)
     if not callable(fn):
         raise TypeError(f"gb.run() needs a callable, got {type(fn).__name__!r}")
-    handler = _install_sigint_handler()
+    handler = None
     try:
+        handler = _install_sigint_handler()
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
             if handler is not None:
                 handler.loop = runner.get_loop()
             result = _run_main(runner, spawn_green(fn, *args, **kwargs), handler)
     finally:
-        if handler is not None and signal.getsignal(signal.SIGINT) is handler:
+        # Whichever handler of ours is in place (an interrupt may have come between installing
+        # it and knowing it), Python's default comes back.
+        if isinstance(signal.getsignal(signal.SIGINT), _SigintHandler):
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _drain_pool()
     if handler is not None and handler.owed:
@@ -737,4 +740,4 @@ def _drain_pool() -> None:
         fiber.throw(GreenletExit)
 
 
-_UNPROTECTED_CODES.update((run.__code__, _run_main.__code__, _install_sigint_handler.__code__))
+_UNPROTECTED_CODES.update((run.__code__, _install_sigint_handler.__code__))
