@@ -11,7 +11,7 @@ interrupt: ``gb.run`` raises ``KeyboardInterrupt``, every fiber that started ran
 ``finally``, and no fiber, greenlet or descriptor is left -- never a hang, never swallowed.
 
 The suite interrupts every 5th line event (``GREENBRIDGE_KI_STRIDE``, default 5, or 1 under the
-``long`` hypothesis profile: every line event, about 2,600 per backend).
+``long`` hypothesis profile: every line event, about 3,400 per backend).
 """
 
 from __future__ import annotations
