@@ -649,7 +649,9 @@ def run(
     finally:
         # Whichever handler of ours is in place (an interrupt may have come between installing
         # it and knowing it), Python's default comes back.
-        if isinstance(signal.getsignal(signal.SIGINT), _SigintHandler):
+        if threading.current_thread() is threading.main_thread() and isinstance(
+            signal.getsignal(signal.SIGINT), _SigintHandler
+        ):
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _drain_pool()
     if handler is not None and handler.owed:
