@@ -132,8 +132,8 @@ def test_a_bad_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, "--greenbridge-backend=trio")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*--greenbridge-backend: expected asyncio, uvloop, a comma-separated list of them or 'all', "
-         "got 'trio'"]
+        ["*--greenbridge-backend: expected asyncio, asyncio+eager, uvloop, a comma-separated list of "
+         "them or 'all', got 'trio'"]
     )
 
 
