@@ -80,6 +80,17 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
+def _stop(proc: subprocess.Popen[bytes], root: str) -> None:
+    """Stop a server started by this module and remove its directory."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _ensure_installed(kind: str, find: object) -> str | None:
     """Return why ``kind`` cannot be had, or None once its binaries are present."""
     assert callable(find)
@@ -158,13 +169,7 @@ def start_postgres() -> Iterator[Postgres]:
             time.sleep(0.1)
         yield Postgres("127.0.0.1", port, user, "postgres")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(proc, root)
 
 
 @contextlib.contextmanager
@@ -184,13 +189,7 @@ def start_redis() -> Iterator[Redis]:
         _wait_for_port(port, proc, "redis-server")
         yield Redis("127.0.0.1", port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(proc, root)
 
 
 @contextlib.contextmanager
@@ -223,10 +222,4 @@ def start_mariadb() -> Iterator[MariaDB]:
         _wait_for_port(port, proc, "mariadbd")
         yield MariaDB("127.0.0.1", port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(proc, root)
