@@ -436,22 +436,25 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
     step = stepper.step
     out = step.send(awaitable)
     if out is not _STEPPED:
-        switch: Any = None  # the parent's switch, once the first suspension is allowed
+        checked = False  # the first suspension is allowed (``_check_suspension``)
         while True:
             if out is not None and not getattr(out, "_asyncio_future_blocking", False):
                 # A buggy awaitable: fail it as a Task would, not as a foreign hand-over.
                 out = step.throw(_bad_yield(out))
-            elif switch is None:
+            elif not checked:
                 try:
                     _check_suspension(current)
                 except NoGreenContext as exc:
                     out = step.throw(exc)
                 else:
-                    switch = current.parent.switch  # type: ignore[union-attr]
+                    checked = True
                     continue
             else:
+                # The parent is looked up at every suspension, never kept: under an eager task
+                # factory the fiber's first step ran in its creator, and ``_adopt`` re-parents it
+                # to the loop greenlet before the next one.
                 try:
-                    value = switch(out)
+                    value = current.parent.switch(out)  # type: ignore[union-attr]
                 except BaseException as exc:
                     out = step.throw(exc)
                 else:

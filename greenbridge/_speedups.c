@@ -121,7 +121,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
     }
 
     PyObject *out = NULL;
-    PyObject *parent = NULL;
+    int checked = 0;  /* the first suspension is allowed (suspend_check) */
     PySendResult status = PyIter_Send(it, Py_None, &out);
     while (status == PYGEN_NEXT) {
         if (out != Py_None) {
@@ -161,7 +161,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
                 continue;
             }
         }
-        if (parent == NULL) {
+        if (!checked) {
             PyObject *ok = PyObject_CallOneArg(suspend_check, current);
             if (ok == NULL) {
                 /* Not the fiber's own Task (see _check_suspension): fail the awaitable. */
@@ -177,15 +177,20 @@ await_from_green(PyObject *module, PyObject *awaitable)
                 continue;
             }
             Py_DECREF(ok);
-            parent = PyObject_GetAttr(current, str_parent);
-            if (parent == NULL) {
-                Py_DECREF(out);
-                out = NULL;
-                status = PYGEN_ERROR;
-                break;
-            }
+            checked = 1;
+        }
+        /* The parent is looked up at every suspension, never kept: under an eager task factory
+         * the fiber's first step ran in its creator, and _core._adopt re-parents it to the loop
+         * greenlet before the next one. */
+        PyObject *parent = PyObject_GetAttr(current, str_parent);
+        if (parent == NULL) {
+            Py_DECREF(out);
+            out = NULL;
+            status = PYGEN_ERROR;
+            break;
         }
         PyObject *sent = PyObject_CallMethodOneArg(parent, str_switch, out);
+        Py_DECREF(parent);
         Py_DECREF(out);
         out = NULL;
         if (sent != NULL) {
@@ -203,7 +208,6 @@ await_from_green(PyObject *module, PyObject *awaitable)
             Py_DECREF(exc);
         }
     }
-    Py_XDECREF(parent);
     Py_DECREF(it);
     Py_DECREF(current);
     if (status == PYGEN_RETURN) {

@@ -316,6 +316,36 @@ def test_protect_and_task_groups_from_green_code_with_eager_tasks(run_async: Run
     assert run_async(main) == ("protected", [0, 1, 2])
 
 
+def test_an_eagerly_started_fiber_suspends_to_the_loop_after_its_first_step(
+    run_async: Run, gb_backend: str
+) -> None:
+    """A fiber whose first step ran inside its creator (eager tasks) suspends to the loop
+    afterwards, even within one await: it never switches into the creator, parked meanwhile."""
+    if gb_backend == "uvloop" and sys.version_info >= (3, 13):
+        pytest.skip("uvloop calls a task factory with eager_start=, which asyncio.eager_task_factory "
+                    "does not take on 3.13: the two cannot be combined")
+    record: list[str] = []
+
+    async def three_steps() -> str:
+        for step in ("first", "second", "third"):
+            record.append(step)
+            await asyncio.sleep(0)
+        return "stepped"
+
+    def creator() -> tuple[str, str]:
+        task = asyncio.ensure_future(gb.spawn_green(gb.await_from_green, three_steps()))
+        record.append("created")
+        parked = gb.await_from_green(asyncio.sleep(0.001, "creator woke"))
+        return parked, gb.await_from_green(task)
+
+    async def main() -> tuple[str, str]:
+        asyncio.get_running_loop().set_task_factory(getattr(asyncio, "eager_task_factory", None))
+        return await gb.spawn_green(creator)
+
+    assert run_async(main) == ("creator woke", "stepped")
+    assert record == ["first", "created", "second", "third"]
+
+
 # -- 3. the awaited coroutine runs inside the fiber's own Task ----------------------------------
 
 
