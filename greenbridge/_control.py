@@ -11,7 +11,10 @@ The rules, and the one place each is enforced
 =============================================
 1. A fiber suspends only by switching to its parent (``_park``; ``await_from_green`` for an
    asyncio awaitable), and is switched into only by its driver or -- while parked -- by a waker
-   running in its parent (``_resume``).
+   running in its parent when that is not a fiber (``_resume``): a fiber is the parent only while
+   it runs the driver (an inline ``await_from_green(spawn_green(...))``) or, under an eager task
+   factory, until the Task it created is stepped again, and neither is a place to run another
+   fiber's code.
 2. The parent of a fiber is the greenlet that steps its driver *now*: ``_core._adopt`` re-parents
    it on every Task step (an eager task factory steps a Task's first step inside its creator).
 3. A directly resumed fiber runs with its own Task current (``_resume``, through
@@ -40,10 +43,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from greenlet import GreenletExit, getcurrent
+from greenlet import GreenletExit, getcurrent, greenlet
 
 if TYPE_CHECKING:
-    from ._core import _Fiber
+    from ._core import _Stepper
 
 __all__ = ()
 
@@ -61,6 +64,29 @@ def _running_task() -> asyncio.Task[Any] | None:
     loop = _get_running_loop()
     return None if loop is None else _current_task(loop)
 
+class _Fiber(greenlet):
+    """The greenlet that runs green functions; see ``_core``'s memo for its role. Defined here,
+    with the plumbing that moves control in and out of it."""
+
+    # The de-facto convention that SQLAlchemy's ``await_`` and awaitlet look for.
+    __sqlalchemy_greenlet_provider__ = True
+
+    # This fiber's idle _Stepper, None while await_from_green is using it.
+    _stepper: _Stepper | None = None
+    # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else None.
+    _handover: Any = None
+    # The outcome of the finished call, from _FINISHED until the driver takes it.
+    _outcome: tuple[Any, Any] | None = None
+    # Direct resumption (see "Direct resumption" in the memo). _park is the Future the hosting
+    # Task waits on while the fiber is parked by a Waiter; _direct is True while the fiber was
+    # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
+    _park: asyncio.Future[Any] | None = None
+    _direct = False
+    # The Task hosting the fiber's current call, recorded when it parks inside that Task: the
+    # task a direct waker makes current while the fiber runs.
+    _task: asyncio.Task[Any] | None = None
+
+
 # A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
 # driver a Future, ``_park``, that the hosting Task then waits on. A waker running in the loop
 # greenlet -- typically a protocol callback -- may switch straight into the parked fiber
@@ -71,8 +97,9 @@ def _running_task() -> asyncio.Task[Any] | None:
 # its function finished -- it completes ``_park`` and switches back to the waker
 # (``_return_to_task``), and its driver resumes it at the next Task step.
 #
-# Invariants: only a greenlet that is the fiber's parent switches into it directly (a waker in
-# another fiber, or in a nested fiber's driver, completes ``_park`` instead); a directly resumed
+# Invariants: only a greenlet that is the fiber's parent, and not itself a fiber, switches into it
+# directly (a waker in any fiber -- even the creator that ran an eager Task's first step and is
+# still the parent -- completes ``_park`` instead); a directly resumed
 # fiber never switches to its parent with anything its driver would have to interpret, except the
 # foreign convention's awaitable, which ``_wake_direct`` passes on to the driver (``_foreign``).
 
@@ -148,7 +175,8 @@ def _resume(fiber: _Fiber) -> bool:
     park = fiber._park
     if park is None or park.done():
         return False
-    if getcurrent() is fiber.parent:
+    waker = getcurrent()
+    if waker is fiber.parent and type(waker) is not _Fiber:
         # The fiber runs as its own Task, as far as asyncio.current_task() can tell, for as long
         # as it runs here; whatever Task the waker runs in is current again afterwards.
         loop = park.get_loop()

@@ -123,6 +123,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 
 from ._control import (
     _UNPROTECTED_CODES,
+    _Fiber,
     _finish_in_task,
     _return_to_task,
     _running_task,
@@ -145,28 +146,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CoroutineType = types.CoroutineType
-
-
-class _Fiber(greenlet):
-    """The greenlet that runs green functions; see the module memo for its role."""
-
-    # The de-facto convention that SQLAlchemy's ``await_`` and awaitlet look for.
-    __sqlalchemy_greenlet_provider__ = True
-
-    # This fiber's idle _Stepper, None while await_from_green is using it.
-    _stepper: _Stepper | None = None
-    # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else None.
-    _handover: Any = None
-    # The outcome of the finished call, from _FINISHED until the driver takes it.
-    _outcome: tuple[Any, Any] | None = None
-    # Direct resumption (see "Direct resumption" in the memo). _park is the Future the hosting
-    # Task waits on while the fiber is parked by a Waiter; _direct is True while the fiber was
-    # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
-    _park: asyncio.Future[Any] | None = None
-    _direct = False
-    # The Task hosting the fiber's current call, recorded when it parks inside that Task: the
-    # task a direct waker makes current while the fiber runs.
-    _task: asyncio.Task[Any] | None = None
 
 
 # What a fiber hands its driver when the function it ran has returned or raised; the outcome is

@@ -321,6 +321,8 @@ def test_an_eagerly_started_fiber_suspends_to_the_loop_after_its_first_step(
 ) -> None:
     """A fiber whose first step ran inside its creator (eager tasks) suspends to the loop
     afterwards, even within one await: it never switches into the creator, parked meanwhile."""
+    if not hasattr(asyncio, "eager_task_factory"):
+        pytest.skip("asyncio.eager_task_factory is new in Python 3.12")
     if gb_backend == "uvloop" and sys.version_info >= (3, 13):
         pytest.skip("uvloop calls a task factory with eager_start=, which asyncio.eager_task_factory "
                     "does not take on 3.13: the two cannot be combined")
@@ -859,7 +861,10 @@ def test_nothing_is_left_after_a_run(gb_backend: str, caplog: pytest.LogCaptureF
     assert _core._live_fibers() == []
     assert _core._idle_fibers() == []
     assert _open_fds() == before
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # Nothing reported: no task destroyed pending, no error logged. (Debug mode's "Executing ...
+    # took 0.1 seconds" measures the machine's load, not what a run leaves behind.)
+    reports = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r for r in reports if not r.msg.startswith("Executing ")] == []
 
 
 def test_idle_fibers_do_not_keep_results_or_contexts_alive(run_async: Run) -> None:
