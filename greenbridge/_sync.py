@@ -1,15 +1,15 @@
 """Synchronisation for green code: Promise, Stream, Mutex, Semaphore, Condition, Event.
 
-Every blocking operation here waits on a ``Waiter`` and is a suspension point, hence a
-cancellation point. Two rules hold for all of them:
+Every blocking operation here parks on a ``ParkingLot`` (``_parking``) and is a suspension
+point, hence a cancellation point. Two rules hold for all of them, both kept by the lot:
 
 * Hand-off: whoever makes a waiter runnable hands it what it waited for (the item, the lock, the
   permit) in the same step, so a newcomer cannot overtake a woken waiter, and waiters are served
   first come, first served.
 * Nothing is lost to cancellation: a waiter cancelled before the hand-off is skipped (``wake``
   refuses the value and the giver keeps it); one cancelled after it gives the value back
-  (``take_back``) -- the item goes back to the head of the stream, the permit to the next waiter
-  -- before ``CancelledError`` is raised.
+  (the lot's ``give_back``) -- the item goes back to the head of the stream, the permit to the
+  next waiter -- before ``CancelledError`` is raised.
 
 None of these objects is thread-safe: use them from the loop's thread, from green code (the
 blocking operations) or from anywhere on that thread (the non-blocking ones).
@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from ._core import spawn_green
-from ._waiter import Waiter
+from ._parking import ParkingLot
 
 __all__ = ("Condition", "Event", "Mutex", "Promise", "Semaphore", "Stream")
 
@@ -48,7 +48,7 @@ class Promise(Generic[T]):
         # _RESOLVED, the exception when _REJECTED.
         self._state = _PENDING
         self._outcome: Any = None
-        self._waiters: list[Waiter] = []
+        self._waiters = ParkingLot()
 
     def __repr__(self) -> str:
         state = ("pending", "resolved", "rejected")[self._state]
@@ -80,12 +80,9 @@ class Promise(Generic[T]):
     def _settle(self, state: int, outcome: Any) -> None:
         if self._state != _PENDING:
             raise asyncio.InvalidStateError(f"{self!r} was already resolved; a promise settles once")
-        if self._waiters:
-            self._waiters[0].check_waker()  # from another thread: refused before any change
+        self._waiters.check_waker()  # from another thread: refused before any change
         self._state, self._outcome = state, outcome
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.wake()
+        self._waiters.unpark_all()
 
     def await_(self) -> T:
         """Wait until the promise is resolved; return its value or raise its exception.
@@ -95,14 +92,7 @@ class Promise(Generic[T]):
         ``NoGreenContext`` outside green code.
         """
         if self._state == _PENDING:
-            waiter = Waiter()
-            self._waiters.append(waiter)
-            try:
-                waiter.wait()
-            except BaseException:
-                if self._state == _PENDING:
-                    self._waiters.remove(waiter)
-                raise
+            self._waiters.park()
         return self._result()
 
     def _result(self) -> T:
@@ -115,16 +105,6 @@ class Promise(Generic[T]):
         if self._state == _PENDING:
             yield from spawn_green(self.await_).__await__()
         return self._result()
-
-
-class _PendingAdd:
-    """A fiber blocked in ``Stream.add``: its waiter and the item it is adding."""
-
-    __slots__ = ("item", "waiter")
-
-    def __init__(self, waiter: Waiter, item: Any) -> None:
-        self.waiter = waiter
-        self.item = item
 
 
 class Stream(Generic[T]):
@@ -143,12 +123,12 @@ class Stream(Generic[T]):
     def __init__(self, capacity: int) -> None:
         if not isinstance(capacity, int) or capacity < 0:
             raise ValueError(f"Stream capacity must be an int >= 0, got {capacity!r}")
-        # Invariants: _takers only holds waiters (possibly cancelled) while _items is empty;
-        # _adders only holds entries while the buffer is full. Both are served FIFO.
+        # Invariants: _takers only holds fibers (possibly cancelled) while _items is empty;
+        # _adders (each parked with its item as data) only while the buffer is full.
         self._capacity = capacity
         self._items: deque[T] = deque()
-        self._takers: deque[Waiter] = deque()
-        self._adders: deque[_PendingAdd] = deque()
+        self._takers = ParkingLot()
+        self._adders = ParkingLot()
 
     @property
     def capacity(self) -> int:
@@ -170,17 +150,8 @@ class Stream(Generic[T]):
         the same but the item was delivered exactly once. Raises ``NoGreenContext`` when it has
         to wait outside green code.
         """
-        if self._give(item):
-            return
-        pending = _PendingAdd(Waiter(), item)
-        self._adders.append(pending)
-        try:
-            pending.waiter.wait()
-        except BaseException:
-            accepted, _ = pending.waiter.take_back()
-            if not accepted:
-                self._discard(self._adders, pending)
-            raise
+        if not self._give(item):
+            self._adders.park(item)  # handed over means taken: nothing to give back
 
     def add_nowait(self, item: T) -> None:
         """Append ``item`` without waiting. Never suspends.
@@ -201,17 +172,7 @@ class Stream(Generic[T]):
             found, item = self._take_ready()
             if found:
                 return item  # type: ignore[no-any-return]
-        waiter = Waiter()
-        self._takers.append(waiter)
-        try:
-            return waiter.wait()  # type: ignore[no-any-return]
-        except BaseException:
-            accepted, item = waiter.take_back()
-            if accepted:
-                self._put_back(item)
-            else:
-                self._discard(self._takers, waiter)
-            raise
+        return self._takers.park(give_back=self._put_back)  # type: ignore[no-any-return]
 
     def take_nowait(self) -> T:
         """Remove and return the oldest item without waiting. Never suspends.
@@ -227,10 +188,8 @@ class Stream(Generic[T]):
 
     def _give(self, item: T) -> bool:
         """Hand ``item`` to the first live taker, or buffer it; False when neither is possible."""
-        takers = self._takers
-        while takers:
-            if takers.popleft().wake(item):
-                return True
+        if self._takers.unpark(item):
+            return True
         if len(self._items) < self._capacity:
             self._items.append(item)
             return True
@@ -243,33 +202,21 @@ class Stream(Generic[T]):
         if items:
             item = items.popleft()
             # Room for one more: the first live blocked adder's item moves into the buffer.
-            while adders and len(items) < self._capacity:
-                pending = adders.popleft()
-                items.append(pending.item)
-                if pending.waiter.wake():
+            while len(items) < self._capacity and (pending := adders.pop()) is not None:
+                items.append(pending.data)  # in place before the adder may run
+                if pending.wake():
                     break
                 items.pop()  # that adder was cancelled: its item is not ours
             return True, item
-        while adders:
-            pending = adders.popleft()
-            if pending.waiter.wake():
-                return True, pending.item
+        while (pending := adders.pop()) is not None:
+            if pending.wake():
+                return True, pending.data
         return False, None
 
     def _put_back(self, item: T) -> None:
         """An item a cancelled taker had received: it was the oldest, so it goes first."""
-        takers = self._takers
-        while takers:
-            if takers.popleft().wake(item):
-                return
-        self._items.appendleft(item)
-
-    @staticmethod
-    def _discard(queue: deque[Any], entry: object) -> None:
-        try:
-            queue.remove(entry)  # entries compare by identity
-        except ValueError:
-            pass  # already popped by a giver whose wake() it refused
+        if not self._takers.unpark(item):
+            self._items.appendleft(item)
 
 
 class Semaphore:
@@ -282,9 +229,9 @@ class Semaphore:
     def __init__(self, value: int = 1) -> None:
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"Semaphore value must be an int >= 0, got {value!r}")
-        # Invariant: _waiters holds (possibly cancelled) waiters only while _value is 0.
+        # Invariant: _waiters holds (possibly cancelled) fibers only while _value is 0.
         self._value = value
-        self._waiters: deque[Waiter] = deque()
+        self._waiters = ParkingLot()
 
     @property
     def value(self) -> int:
@@ -304,17 +251,11 @@ class Semaphore:
         if self._value > 0:
             self._value -= 1
             return
-        waiter = Waiter()
-        self._waiters.append(waiter)
-        try:
-            waiter.wait()
-        except BaseException:
-            accepted, _ = waiter.take_back()
-            if accepted:
-                self.release()
-            else:
-                Stream._discard(self._waiters, waiter)
-            raise
+        self._waiters.park(give_back=self._pass_on)
+
+    def _pass_on(self, _permit: object) -> None:
+        """A permit handed to a fiber cancelled before it could use it: to the next one."""
+        self.release()
 
     def try_acquire(self) -> bool:
         """Take a permit if one is free right now; never suspends."""
@@ -325,11 +266,8 @@ class Semaphore:
 
     def release(self) -> None:
         """Give a permit back: to the first live waiter, else to the counter. Never suspends."""
-        waiters = self._waiters
-        while waiters:
-            if waiters.popleft().wake():
-                return
-        self._value += 1
+        if not self._waiters.unpark():
+            self._value += 1
 
     def __enter__(self) -> None:
         self.acquire()
@@ -391,7 +329,7 @@ class Event:
 
     def __init__(self) -> None:
         self._is_set = False
-        self._waiters: list[Waiter] = []
+        self._waiters = ParkingLot()
 
     def __repr__(self) -> str:
         return f"<Event {'set' if self._is_set else 'unset'}>"
@@ -405,9 +343,7 @@ class Event:
         if self._is_set:
             return
         self._is_set = True
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.wake()
+        self._waiters.unpark_all()
 
     def wait(self) -> None:
         """Return once the flag is set; at once if it already is.
@@ -415,16 +351,8 @@ class Event:
         A suspension point otherwise. Raises ``NoGreenContext`` when it has to wait outside
         green code.
         """
-        if self._is_set:
-            return
-        waiter = Waiter()
-        self._waiters.append(waiter)
-        try:
-            waiter.wait()
-        except BaseException:
-            if not self._is_set:
-                self._waiters.remove(waiter)
-            raise
+        if not self._is_set:
+            self._waiters.park()
 
 
 class Condition:
@@ -435,7 +363,7 @@ class Condition:
 
     def __init__(self, mutex: Mutex | None = None) -> None:
         self._mutex = mutex if mutex is not None else Mutex()
-        self._waiters: deque[Waiter] = deque()
+        self._waiters = ParkingLot()
 
     @property
     def mutex(self) -> Mutex:
@@ -458,20 +386,15 @@ class Condition:
         """
         if not self._mutex.locked():
             raise RuntimeError("Condition.wait() needs the mutex held: use 'with cond:' first")
-        waiter = Waiter()
-        self._waiters.append(waiter)
-        self._mutex.unlock()
         try:
-            waiter.wait()
-        except BaseException:
-            notified, _ = waiter.take_back()
-            if notified:
-                self.notify()
-            else:
-                Stream._discard(self._waiters, waiter)
-            raise
+            # In the queue before the mutex is released: no notify can slip in between.
+            self._waiters.park(give_back=self._pass_on, parked=self._mutex.unlock)
         finally:
             self._relock()
+
+    def _pass_on(self, _notification: object) -> None:
+        """A notification for a fiber cancelled before it could act on it: to the next one."""
+        self.notify()
 
     def _relock(self) -> None:
         cancelled: asyncio.CancelledError | None = None
@@ -495,12 +418,10 @@ class Condition:
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiting fibers (they run once the notifier releases the mutex).
         Never suspends."""
-        waiters = self._waiters
-        while n > 0 and waiters:
-            if waiters.popleft().wake():
-                n -= 1
+        while n > 0 and self._waiters.unpark():
+            n -= 1
 
     def notify_all(self) -> None:
         """Wake every waiting fiber. Never suspends."""
-        self.notify(len(self._waiters))
+        self._waiters.unpark_all()
 
