@@ -19,6 +19,13 @@ A parked fiber may carry ``data`` (a blocked ``Stream.add`` carries its item); `
 oldest live entry to a waker that must read the data before deciding what to hand over.
 
 Not thread-safe, like every primitive: park from green code, unpark from the loop's thread.
+
+Where a lot is not used, on purpose: a connection's reader and writer, a listener's acceptor and
+a datagram endpoint's receiver are one fiber at a time by construction (``_exclusive``: a second
+one gets ``BusyResourceError`` instead of queueing), and are woken in batches from protocol
+callbacks (``_wake_batch``). A queue of at most one adds nothing there but a deque per
+connection and a step on the hot path, so each keeps a single ``Waiter`` slot. ``run_server``'s
+connection slots are a ``Semaphore``, hence a lot.
 """
 
 from __future__ import annotations
