@@ -3,9 +3,9 @@
 Everything that switches a fiber out and back in, that delivers or withdraws a cancellation,
 lives here; the rest of greenbridge (the driver and ``await_from_green`` in ``_core``,
 ``Waiter`` and the wait queue ``_parking.ParkingLot``, ``Switch``, the combinators, the
-primitives, flows and servers) uses these functions and nothing lower. trio's split is the model: the objects that *start* a
-cancellation (``Switch``, ``gb.timeout``, a ``Task.cancel()`` from asyncio) are elsewhere; this
-module only *carries* it.
+primitives, flows and servers) uses these functions and nothing lower. trio's split is the
+model: the objects that *start* a cancellation (``Switch``, ``gb.timeout``, a ``Task.cancel()``
+from asyncio) are elsewhere; this module only *carries* it.
 
 The rules, and the one place each is enforced
 =============================================

@@ -226,28 +226,6 @@ def test_urllib_and_http_client() -> None:
             conn.close()
 
 
-trustme = pytest.importorskip("trustme")
-
-
-@pytest.fixture(scope="module")
-def ca() -> Any:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_context(ca: Any) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", HOST).configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def client_context(ca: Any) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
 def test_http_client_over_tls(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
     with aiohttp_server(web.get("/", hello), ssl_context=server_context) as port:
         conn = http.client.HTTPSConnection("localhost", port, context=client_context, timeout=5)

@@ -16,30 +16,11 @@ from _net_helpers import echo, gather_green, serving
 import greenbridge as gb
 from greenbridge import flow, net
 
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 pytestmark = pytest.mark.green
 
 HOST = "127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def ca() -> Any:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_context(ca: Any) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", HOST).configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def client_context(ca: Any) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 def test_tls_echo(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:

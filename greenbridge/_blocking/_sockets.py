@@ -92,20 +92,23 @@ def _attempt(
 
 
 def _cooperative(
-    original: Callable[..., T], direction: int
+    original: Callable[..., T],
+    direction: int,
+    owner: str = "socket",
+    inert: Callable[[Any], bool] = lambda sock: False,
 ) -> Callable[..., T]:
-    """The patched method: ``original`` outside a fiber or on a non-blocking socket, attempts
-    that park the fiber otherwise."""
+    """The patched method of ``owner``: ``original`` outside a fiber, on a non-blocking socket
+    or where ``inert(sock)`` holds; attempts that park the fiber otherwise."""
 
     def method(self: socket.socket, *args: Any) -> T:
         loop = green_loop()
         timeout = _get_timeout(self)
-        if loop is None or timeout == 0.0:
+        if loop is None or timeout == 0.0 or inert(self):
             return original(self, *args)
         return _attempt(loop, self, direction, _deadline(loop, timeout), original, *args)
 
     method.__name__ = original.__name__
-    method.__qualname__ = f"socket.{original.__name__}"
+    method.__qualname__ = f"{owner}.{original.__name__}"
     method.__doc__ = original.__doc__
     return method
 
@@ -257,17 +260,9 @@ def create_connection(
 
 
 def _ssl_cooperative(original: Callable[..., T], direction: int) -> Callable[..., T]:
-    def method(self: ssl.SSLSocket, *args: Any) -> T:
-        loop = green_loop()
-        timeout = _get_timeout(self)
-        if loop is None or timeout == 0.0 or self._sslobj is None:  # type: ignore[attr-defined]
-            return original(self, *args)
-        return _attempt(loop, self, direction, _deadline(loop, timeout), original, *args)
-
-    method.__name__ = original.__name__
-    method.__qualname__ = f"SSLSocket.{original.__name__}"
-    method.__doc__ = original.__doc__
-    return method
+    """``_cooperative`` for an ``SSLSocket`` method; one not yet wrapped (no ``_sslobj``: a
+    plain socket so far) calls the original, which does what the socket's own methods do."""
+    return _cooperative(original, direction, "SSLSocket", lambda sock: sock._sslobj is None)
 
 
 def patches() -> list[Patch]:
