@@ -31,8 +31,8 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from greenlet import getcurrent
 
-from ._control import _cancel_pending, _rearm, _return_to_task
-from ._core import _Fiber, _no_green_message, await_from_green, in_green, spawn_green
+from ._control import _cancel_pending, _Fiber, _rearm, _return_to_task
+from ._core import _no_green_message, await_from_green, in_green, spawn_green
 from ._errors import NoGreenContext
 from ._waiter import Waiter
 

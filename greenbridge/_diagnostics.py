@@ -11,7 +11,8 @@ from typing import Any, TextIO
 
 from greenlet import getcurrent, greenlet
 
-from ._core import _drive, _Fiber, _green_frames, _live_fibers
+from ._control import _Fiber
+from ._core import _drive, _green_frames, _live_fibers
 from ._switch import _fiber_switch, _open_switches
 
 __all__ = ("dump_fibers",)

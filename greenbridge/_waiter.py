@@ -28,8 +28,8 @@ from typing import Any
 
 from greenlet import getcurrent
 
-from ._control import _check_waker_thread, _park, _resume
-from ._core import _Fiber, _no_green_message, await_from_green, in_green
+from ._control import _check_waker_thread, _Fiber, _park, _resume
+from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 
 __all__ = ("Waiter",)
