@@ -7,12 +7,14 @@ them all. Fibers start in argument order, the next time the caller suspends (see
 order of fork" in ``gb.Switch``), so runs are deterministic.
 
 ``first`` and ``any`` race their functions: the first to return a value wins and the others are
-cancelled. A value already obtained is never lost to a later cancellation: if the caller is
-cancelled while the losers are being cancelled, the winner's value is returned all the same and
-the caller's cancellation is delivered at its next suspension point (it is re-armed with
-``task.uncancel(); task.cancel()``). Caveat before Python 3.13: ``uncancel()`` does not withdraw
-a re-armed cancellation, so if it came from an ``asyncio.timeout``/``gb.timeout`` block that is
-left without suspending again, it still surfaces at the next suspension after the block.
+cancelled (the winner calls ``sw.cancel_fibers()``: the combinators use only ``Switch``'s public
+API, so a race of your own is written the same way). A value already obtained is never lost to a
+later cancellation: if the caller is cancelled while the losers are being cancelled, the winner's
+value is returned all the same and the caller's cancellation is delivered at its next suspension
+point (it is re-armed with ``task.uncancel(); task.cancel()``). Caveat before Python 3.13:
+``uncancel()`` does not withdraw a re-armed cancellation, so if it came from an
+``asyncio.timeout``/``gb.timeout`` block that is left without suspending again, it still surfaces
+at the next suspension after the block.
 """
 
 from ._cancel import await_cancel as await_cancel
