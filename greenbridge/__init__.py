@@ -25,6 +25,7 @@ from ._errors import ClosedResourceError as ClosedResourceError
 from ._errors import GreenbridgeError as GreenbridgeError
 from ._errors import NoGreenContext as NoGreenContext
 from ._errors import SwitchFinishedError as SwitchFinishedError
+from ._errors import WouldBlock as WouldBlock
 from ._facade import GreenFacade as GreenFacade
 from ._facade import green_facade as green_facade
 from ._facade import green_method as green_method
@@ -71,6 +72,7 @@ __all__ = (
     "Stream",
     "Switch",
     "SwitchFinishedError",
+    "WouldBlock",
     "as_async",
     "as_green",
     "await_from_green",

@@ -692,14 +692,6 @@ def as_green(afn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     return wrapper
 
 
-def _green_frames(fiber: greenlet) -> Generator[types.FrameType, None, None]:
-    """The frames of a suspended fiber, innermost first (used by diagnostics)."""
-    frame = fiber.gr_frame
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-
-
 def _live_fibers() -> list[greenlet]:
     """This thread's fibers running a call right now (suspended or not); idle pooled fibers and
     other threads' fibers are not counted."""

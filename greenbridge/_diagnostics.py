@@ -7,15 +7,18 @@ import os
 import sys
 import traceback
 import types
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from greenlet import getcurrent, greenlet
 
 from ._control import _Fiber
-from ._core import _drive, _green_frames, _live_fibers
+from ._core import _drive, _live_fibers
 from ._switch import _fiber_switch, _open_switches
 
 __all__ = ("dump_fibers",)
+
+# The helpers below are shared by ``dump_fibers`` and the pytest plugin's leak report.
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _DRIVER_CODE = _drive.__code__
@@ -49,6 +52,14 @@ def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
     return hosts
 
 
+def _green_frames(fiber: greenlet) -> Iterator[types.FrameType]:
+    """The frames of a suspended fiber, innermost first."""
+    frame = fiber.gr_frame
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
 def _user_frames(fiber: greenlet) -> list[types.FrameType]:
     """The fiber's frames, outermost first, without greenbridge's own (bridge, waits, switch)."""
     if fiber is getcurrent():
@@ -61,6 +72,18 @@ def _user_frames(fiber: greenlet) -> list[types.FrameType]:
         frames = list(_green_frames(fiber))
     frames.reverse()
     return [f for f in frames if not f.f_code.co_filename.startswith(_PACKAGE_DIR)]
+
+
+def _describe_leaked(number: int, fiber: greenlet) -> str:
+    """A leaked fiber for the pytest plugin's report: where it is suspended, in user frames."""
+    lines = [f"  fiber {number}, suspended at:"]
+    frames = _user_frames(fiber)
+    if not frames:
+        lines.append("    (no frames outside greenbridge)")
+    for frame in frames:
+        code = frame.f_code
+        lines.append(f'    File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+    return "\n".join(lines)
 
 
 def dump_fibers(file: TextIO | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 __all__ = (
     "BufferLimitExceeded",
     "BusyResourceError",
@@ -9,6 +11,7 @@ __all__ = (
     "GreenbridgeError",
     "NoGreenContext",
     "SwitchFinishedError",
+    "WouldBlock",
 )
 
 
@@ -46,3 +49,22 @@ class BusyResourceError(GreenbridgeError, RuntimeError):
     """Two fibers used one exclusive resource at once: two readers (or two writers) of one
     connection or flow, two fibers accepting on one listener. Each such resource serves one
     fiber at a time; give each fiber its own resource, or serialise them with a ``gb.Mutex``."""
+
+
+class WouldBlock(GreenbridgeError):
+    """A non-blocking variant (``op_nowait``, trio's convention) could not complete at once: the
+    blocking ``op`` would have had to wait. Raised by ``Stream.take_nowait`` / ``add_nowait``,
+    ``Mutex.lock_nowait`` and ``Semaphore.acquire_nowait``; call the blocking variant from green
+    code to wait instead."""
+
+
+class _StreamEmpty(WouldBlock, asyncio.QueueEmpty):
+    """``Stream.take_nowait`` on an empty stream: a ``WouldBlock`` that is also the
+    ``asyncio.QueueEmpty`` it raised before ``WouldBlock`` existed, so older ``except`` clauses
+    still catch it."""
+
+
+class _StreamFull(WouldBlock, asyncio.QueueFull):
+    """``Stream.add_nowait`` on a full stream: a ``WouldBlock`` that is also the
+    ``asyncio.QueueFull`` it raised before ``WouldBlock`` existed, so older ``except`` clauses
+    still catch it."""

@@ -25,6 +25,9 @@ Rules (each one is a test):
 8. A fiber forked once the switch has failed or been cancelled, or once its non-daemon work is
    done, never starts (``_Child.doomed``); a child whose Task asyncio cancels before its first
    step is accounted for by a done-callback (``_watch_unstarted``).
+9. ``cancel_fibers()`` cancels the fibers running on the switch (not the caller, not the body)
+   without failing it; the switch carries on. Each fiber is cancelled by its switch at most once
+   (``_Child.cancel_requested``), whichever of these rules asks first.
 
 Scheduling order of ``fork``
 ----------------------------
@@ -63,7 +66,7 @@ from typing import Any, ParamSpec, TypeVar
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from ._cancel import _fiber_task, protect, yield_
-from ._control import _cancel_pending
+from ._control import _cancel_pending, _running_task
 from ._core import _drive
 from ._errors import SwitchFinishedError
 from ._sync import Promise
@@ -104,7 +107,6 @@ class _Child:
         "daemon",
         "doomed",
         "forking",
-        "on_value",
         "promise",
         "started",
         "task",
@@ -114,21 +116,16 @@ class _Child:
     # Invariants: started is False until _run_child begins; a child is cancelled through its
     # Task only once started. Before that, doomed (the switch failed, was cancelled, or its
     # non-daemon work is done) makes _run_child skip the function altogether (Eio: "the new
-    # fiber doesn't start") and only do the bookkeeping; cancel_requested alone (a loser of
-    # fiber.any) makes the fiber cancel itself on start, so that its function runs up to its
-    # first suspension point, as Eio's raw forks do. forking is
+    # fiber doesn't start") and only do the bookkeeping; cancel_requested alone (cancel_fibers,
+    # e.g. a loser of fiber.any) makes the fiber cancel itself on start, so that its function
+    # runs up to its first suspension point, as Eio's raw forks do. cancel_requested is set at
+    # most once: the switch cancels each fiber once (edge-triggered, see _cancel). forking is
     # True only while fork() creates the child's Task (an eager task factory steps it there).
     # watched is True once a done-callback covers a Task cancelled before its first step.
 
-    def __init__(
-        self,
-        daemon: bool,
-        promise: Promise[Any] | None,
-        on_value: Callable[[_Child, Any], None] | None,
-    ) -> None:
+    def __init__(self, daemon: bool, promise: Promise[Any] | None) -> None:
         self.daemon = daemon
         self.promise = promise
-        self.on_value = on_value
         self.started = False
         self.cancel_requested = False
         self.doomed = False
@@ -202,20 +199,20 @@ class Switch:
         once the switch has finished, ``RuntimeError`` before it is entered, ``TypeError`` at
         once when ``fn`` is not callable.
         """
-        self._fork(*_bind(fn, args, kwargs), False, None, None)
+        self._fork(*_bind(fn, args, kwargs), False, None)
 
     def fork_daemon(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Like ``fork``, but the fiber is cancelled once the body and every non-daemon fiber
         have finished (a background service for the others). Its cancellation is not a
         failure; another exception is. Never suspends."""
-        self._fork(*_bind(fn, args, kwargs), True, None, None)
+        self._fork(*_bind(fn, args, kwargs), True, None)
 
     def fork_promise(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Promise[T]:
         """Like ``fork``, but ``fn``'s result or exception settles the returned promise instead
         of failing the switch (a cancelled fiber rejects it with ``CancelledError``). Never
         suspends."""
         promise: Promise[T] = Promise()
-        self._fork(*_bind(fn, args, kwargs), False, promise, None)
+        self._fork(*_bind(fn, args, kwargs), False, promise)
         return promise
 
     def _fork(
@@ -224,14 +221,13 @@ class Switch:
         args: tuple[Any, ...],
         daemon: bool,
         promise: Promise[Any] | None,
-        on_value: Callable[[_Child, Any], None] | None,
-    ) -> _Child:
+    ) -> None:
         state = self._state
         if state != _OPEN and state != _EXITING:
             self._refuse("fork a fiber on")
         if not callable(fn):
             raise TypeError(f"Switch.fork() needs a callable, got {type(fn).__name__!r}")
-        child = _Child(daemon, promise, on_value)
+        child = _Child(daemon, promise)
         if self._failing or (state == _EXITING and self._non_daemons == 0):
             child.cancel_requested = child.doomed = True  # it will not start (see fork)
         assert self._loop is not None
@@ -248,7 +244,6 @@ class Switch:
             raise
         finally:
             child.forking = False
-        return child
 
     async def _child_main(self, child: _Child, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """The coroutine of a forked fiber's Task."""
@@ -280,8 +275,6 @@ class Switch:
             value = fn(*args)
             if child.promise is not None:
                 child.promise.resolve(value)
-            elif child.on_value is not None:
-                child.on_value(child, value)  # its own error (a combine function's) fails the switch
         except asyncio.CancelledError as exc:
             # A cancelled fiber is not a failure of the switch (as in a TaskGroup).
             if child.promise is not None:
@@ -318,6 +311,25 @@ class Switch:
             self._refuse("fail")
         self._record_failure(exc)
 
+    def cancel_fibers(self) -> None:
+        """Cancel every fiber running on this switch but the caller, without failing the switch.
+
+        Each one is cancelled once, at its next suspension point (``CancelledError``, which is
+        not a failure); one forked but not started yet still starts and is cancelled at its
+        first suspension point, so a value it returns without suspending is not lost. The
+        calling fiber, when it is one of them, is spared: a fiber that has what the others were
+        racing for stops them (``fiber.any`` is built on it). The body is not cancelled and the
+        switch carries on: its block exits once the fibers have ended, raising what they raised
+        for real, and fibers forked afterwards run as usual. Never suspends. Raises
+        ``SwitchFinishedError`` on a finished switch, ``RuntimeError`` before it is entered.
+        """
+        if self._state not in (_OPEN, _EXITING):
+            self._refuse("cancel the fibers of")
+        caller = _running_task()
+        for child in list(self._children):
+            if caller is None or child.task is not caller:
+                self._cancel_child(child, False)
+
     def _record_failure(self, exc: BaseException) -> None:
         self._errors.append(exc)
         self._cancel_all()
@@ -325,17 +337,16 @@ class Switch:
     def _cancel_all(self) -> None:
         """Cancel every fiber and, while it runs, the body."""
         self._failing = True
-        self._cancel_children(None)
+        self._cancel_children()
         if self._state == _OPEN and not self._host_cancelled:
             self._host_cancelled = True
             assert self._host is not None
             self._host.cancel()
 
-    def _cancel_children(self, spare: _Child | None, doom: bool = True) -> None:
-        """Cancel every child but ``spare``; ``doom``: those not started yet never start."""
+    def _cancel_children(self) -> None:
+        """Cancel every child; those not started yet never start."""
         for child in list(self._children):
-            if child is not spare:
-                self._cancel_child(child, doom)
+            self._cancel_child(child, True)
 
     def _cancel_daemons(self) -> None:
         for child in list(self._children):
@@ -415,7 +426,7 @@ class Switch:
             if exc is not None:
                 if isinstance(exc, asyncio.CancelledError):
                     self._failing = True  # ours or asyncio's: either way the fibers must stop
-                    self._cancel_children(None)
+                    self._cancel_children()
                 else:
                     self._record_failure(exc)
             self._wait_for_children()
@@ -460,7 +471,7 @@ class Switch:
                 waiter.wait()
             except asyncio.CancelledError:
                 self._failing = True
-                self._cancel_children(None)
+                self._cancel_children()
             finally:
                 self._exit_waiter = None
 

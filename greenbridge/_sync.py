@@ -18,11 +18,13 @@ blocking operations) or from anywhere on that thread (the non-blocking ones).
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from ._core import spawn_green
+from ._errors import WouldBlock, _StreamEmpty, _StreamFull
 from ._parking import ParkingLot
 
 __all__ = ("Condition", "Event", "Mutex", "Promise", "Semaphore", "Stream")
@@ -156,10 +158,11 @@ class Stream(Generic[T]):
     def add_nowait(self, item: T) -> None:
         """Append ``item`` without waiting. Never suspends.
 
-        Raises ``asyncio.QueueFull`` when the stream is full and no taker is waiting.
+        Raises ``gb.WouldBlock`` when the stream is full and no taker is waiting (it is also an
+        ``asyncio.QueueFull``, what this method raised before ``WouldBlock`` existed).
         """
         if not self._give(item):
-            raise asyncio.QueueFull(f"{self!r} is full")
+            raise _StreamFull(f"{self!r} is full: no room and no taker; add() waits for one")
 
     def take(self) -> T:
         """Remove and return the oldest item, waiting for one if the stream is empty.
@@ -177,11 +180,12 @@ class Stream(Generic[T]):
     def take_nowait(self) -> T:
         """Remove and return the oldest item without waiting. Never suspends.
 
-        Raises ``asyncio.QueueEmpty`` when there is none.
+        Raises ``gb.WouldBlock`` when there is none (it is also an ``asyncio.QueueEmpty``, what
+        this method raised before ``WouldBlock`` existed).
         """
         found, item = self._take_ready()
         if not found:
-            raise asyncio.QueueEmpty(f"{self!r} is empty")
+            raise _StreamEmpty(f"{self!r} is empty; take() waits for an item")
         return item  # type: ignore[no-any-return]
 
     # -- internals ---------------------------------------------------------------------------
@@ -257,12 +261,31 @@ class Semaphore:
         """A permit handed to a fiber cancelled before it could use it: to the next one."""
         self.release()
 
-    def try_acquire(self) -> bool:
-        """Take a permit if one is free right now; never suspends."""
+    def acquire_nowait(self) -> None:
+        """Take a permit if one is free right now. Never suspends.
+
+        Raises ``gb.WouldBlock`` when none is free (``acquire()`` waits for one).
+        """
         if self._value > 0:
             self._value -= 1
-            return True
-        return False
+            return
+        raise WouldBlock(f"{self!r} has no permit free; acquire() waits for one")
+
+    def try_acquire(self) -> bool:
+        """Deprecated: use ``acquire_nowait()``, which raises ``gb.WouldBlock`` instead of
+        returning False. Takes a permit if one is free right now and returns whether it did;
+        never suspends. Emits ``DeprecationWarning``."""
+        warnings.warn(
+            "Semaphore.try_acquire() is deprecated: use acquire_nowait(), which raises "
+            "gb.WouldBlock when no permit is free",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        try:
+            self.acquire_nowait()
+        except WouldBlock:
+            return False
+        return True
 
     def release(self) -> None:
         """Give a permit back: to the first live waiter, else to the counter. Never suspends."""
@@ -301,9 +324,30 @@ class Mutex:
         """
         self._permits.acquire()
 
+    def lock_nowait(self) -> None:
+        """Take the lock if it is free right now. Never suspends.
+
+        Raises ``gb.WouldBlock`` when a fiber holds it (``lock()`` waits for it).
+        """
+        if self.locked():
+            raise WouldBlock(f"{self!r}: another fiber holds it; lock() waits for it")
+        self._permits.acquire_nowait()
+
     def try_lock(self) -> bool:
-        """Take the lock if it is free right now; never suspends."""
-        return self._permits.try_acquire()
+        """Deprecated: use ``lock_nowait()``, which raises ``gb.WouldBlock`` instead of
+        returning False. Takes the lock if it is free right now and returns whether it did;
+        never suspends. Emits ``DeprecationWarning``."""
+        warnings.warn(
+            "Mutex.try_lock() is deprecated: use lock_nowait(), which raises gb.WouldBlock when "
+            "the mutex is held",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        try:
+            self.lock_nowait()
+        except WouldBlock:
+            return False
+        return True
 
     def unlock(self) -> None:
         """Release the lock, handing it to the first waiter. Never suspends.

@@ -52,6 +52,7 @@ import pytest
 from greenlet import GreenletExit, greenlet
 
 from ._core import BACKENDS, _live_fibers, _loop_factory, run
+from ._diagnostics import _describe_leaked
 
 __all__ = ("BACKENDS",)
 
@@ -182,19 +183,6 @@ def _fiber_ids() -> set[int]:
     return {id(fiber) for fiber in _live_fibers()}
 
 
-def _describe(number: int, fiber: greenlet) -> str:
-    from ._diagnostics import _user_frames  # imported late: diagnostics pulls in the switch
-
-    lines = [f"  fiber {number}, suspended at:"]
-    frames = _user_frames(fiber)
-    if not frames:
-        lines.append("    (no frames outside greenbridge)")
-    for frame in frames:
-        code = frame.f_code
-        lines.append(f'    File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
-    return "\n".join(lines)
-
-
 def _kill(fibers: list[greenlet]) -> None:
     for fiber in fibers:
         try:
@@ -212,7 +200,7 @@ def _check_no_fiber_leak(before: set[int], what: str) -> None:
     leaked = _leaked(before)
     if not leaked:
         return
-    report = "\n".join(_describe(number, fiber) for number, fiber in enumerate(leaked, 1))
+    report = "\n".join(_describe_leaked(number, fiber) for number, fiber in enumerate(leaked, 1))
     _kill(leaked)
     pytest.fail(
         f"{what} leaked {len(leaked)} green fiber(s): still alive after the event loop closed\n"

@@ -149,6 +149,18 @@ def test_any_raises_a_real_error_even_after_a_value(run_green: Run) -> None:
     run_green(main)
 
 
+def test_any_refuses_a_non_callable_before_starting_anything(run_green: Run) -> None:
+    record: list[str] = []
+
+    def main() -> None:
+        with pytest.raises(TypeError, match="callables"):
+            fiber.any([lambda: record.append("started"), "not callable"])  # type: ignore[list-item]
+        gb.sleep(0)
+
+    run_green(main)
+    assert record == []
+
+
 def test_a_value_obtained_is_not_lost_to_a_later_cancellation(run_async: Run) -> None:
     """The caller is cancelled while the loser cleans up: the winner's value comes back, and the
     cancellation is delivered at the caller's next suspension point."""

@@ -486,6 +486,105 @@ def test_a_failing_release_hook_fails_the_switch(run_green: Run) -> None:
     run_green(main)
 
 
+# -- cancel_fibers ------------------------------------------------------------------------------
+
+
+def test_cancel_fibers_from_the_body_cancels_the_fibers_not_the_switch(run_green: Run) -> None:
+    record: list[str] = []
+
+    def cancelled(name: str) -> None:
+        try:
+            fiber.await_cancel()
+        except asyncio.CancelledError:
+            record.append(f"{name} cancelled")
+            raise
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.fork(cancelled, "a")
+            sw.fork(cancelled, "b")
+            fiber.yield_()  # both are waiting now
+            sw.cancel_fibers()
+            gb.sleep(0)  # the body is not cancelled
+            record.append("body carries on")
+            sw.fork(record.append, "forked afterwards runs")
+        record.append("block exited normally")
+
+    run_green(main)
+    assert record == [
+        "a cancelled",
+        "b cancelled",
+        "body carries on",
+        "forked afterwards runs",
+        "block exited normally",
+    ]
+
+
+def test_cancel_fibers_spares_the_caller_and_lets_unstarted_fibers_start(run_green: Run) -> None:
+    record: list[str] = []
+
+    def winner(sw: gb.Switch) -> None:
+        sw.cancel_fibers()
+        gb.sleep(0)  # not cancelled: the caller is spared
+        record.append("caller carries on")
+
+    def not_started_yet() -> None:
+        record.append("started")  # runs up to its first suspension point...
+        try:
+            gb.sleep(0)
+        except asyncio.CancelledError:
+            record.append("cancelled there")  # ...where the cancellation lands
+            raise
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            sw.fork(winner, sw)
+            sw.fork(not_started_yet)
+
+    run_green(main)
+    assert record == ["started", "caller carries on", "cancelled there"]
+
+
+def test_cancel_fibers_cancels_each_fiber_once(run_green: Run) -> None:
+    """A fiber still cleaning up after its cancellation is not cancelled again, by a second
+    cancel_fibers nor by the switch failing."""
+    record: list[str] = []
+
+    def slow_cleanup() -> None:
+        try:
+            fiber.await_cancel()
+        finally:
+            for _ in range(3):
+                fiber.yield_()
+            record.append("cleanup finished")
+
+    def main() -> None:
+        with pytest.raises(Boom):
+            with gb.Switch() as sw:
+                sw.fork(slow_cleanup)
+                fiber.yield_()
+                sw.cancel_fibers()
+                fiber.yield_()  # the fiber is cleaning up
+                sw.cancel_fibers()
+                raise Boom()
+
+    run_green(main)
+    assert record == ["cleanup finished"]
+
+
+def test_cancel_fibers_on_a_switch_not_open_raises(run_green: Run) -> None:
+    with pytest.raises(RuntimeError, match="before entering"):
+        gb.Switch().cancel_fibers()
+
+    def main() -> None:
+        with gb.Switch() as sw:
+            pass
+        with pytest.raises(gb.SwitchFinishedError, match="cancel the fibers"):
+            sw.cancel_fibers()
+
+    run_green(main)
+
+
 # -- misuse ---------------------------------------------------------------------------------
 
 

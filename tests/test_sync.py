@@ -144,11 +144,14 @@ def test_stream_of_capacity_zero_is_a_rendezvous(run_green: Run) -> None:
 def test_stream_nowait_operations(run_green: Run) -> None:
     def main() -> None:
         stream: gb.Stream[int] = gb.Stream(1)
-        with pytest.raises(asyncio.QueueEmpty):
+        with pytest.raises(gb.WouldBlock, match="empty") as empty:
             stream.take_nowait()
+        assert isinstance(empty.value, asyncio.QueueEmpty)  # what it raised before WouldBlock
         stream.add_nowait(1)
-        with pytest.raises(asyncio.QueueFull):
+        with pytest.raises(gb.WouldBlock, match="full") as full:
             stream.add_nowait(2)
+        assert isinstance(full.value, asyncio.QueueFull)
+        assert not isinstance(full.value, asyncio.QueueEmpty)
         assert (len(stream), stream.capacity) == (1, 1)
         assert stream.take_nowait() == 1
         with pytest.raises(ValueError):
@@ -252,7 +255,8 @@ def test_semaphore_permit_of_a_cancelled_waiter_is_passed_on(run_green: Run) -> 
         first.cancel()  # ...cancelled before it runs: the permit goes to `second`
         assert isinstance(settle(first), asyncio.CancelledError)
         assert settle(second) is None
-        assert not sem.try_acquire()
+        with pytest.raises(gb.WouldBlock):
+            sem.acquire_nowait()
         return sem.value
 
     assert run_green(main) == 0
@@ -271,13 +275,42 @@ def test_mutex_excludes_and_rejects_bad_unlock(run_green: Run) -> None:
 
         fiber.both(lambda: critical("a"), lambda: critical("b"))
         assert not mutex.locked()
-        assert mutex.try_lock() and not mutex.try_lock()
+        mutex.lock_nowait()
+        assert mutex.locked()
+        with pytest.raises(gb.WouldBlock):
+            mutex.lock_nowait()
         mutex.unlock()
         with pytest.raises(RuntimeError):
             mutex.unlock()
         return record
 
     assert run_green(main) == ["a in", "a out", "b in", "b out"]
+
+
+def test_nowait_variants_raise_would_block_outside_green_code_too() -> None:
+    # Non-blocking: usable from plain code and loop callbacks, and WouldBlock is a GreenbridgeError.
+    sem, mutex = gb.Semaphore(1), gb.Mutex()
+    sem.acquire_nowait()
+    mutex.lock_nowait()
+    for op in (sem.acquire_nowait, mutex.lock_nowait, gb.Stream(0).take_nowait):
+        with pytest.raises(gb.GreenbridgeError) as info:
+            op()
+        assert isinstance(info.value, gb.WouldBlock)
+    assert (sem.value, mutex.locked()) == (0, True)
+
+
+def test_try_lock_and_try_acquire_are_deprecated_aliases_that_still_work() -> None:
+    sem, mutex = gb.Semaphore(1), gb.Mutex()
+    with pytest.warns(DeprecationWarning, match="acquire_nowait"):
+        assert sem.try_acquire() is True
+    with pytest.warns(DeprecationWarning, match="acquire_nowait"):
+        assert sem.try_acquire() is False
+    assert sem.value == 0
+    with pytest.warns(DeprecationWarning, match="lock_nowait"):
+        assert mutex.try_lock() is True
+    with pytest.warns(DeprecationWarning, match="lock_nowait"):
+        assert mutex.try_lock() is False
+    assert mutex.locked()
 
 
 def test_mutex_lock_is_cancellable(run_green: Run) -> None:
