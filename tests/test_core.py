@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _green_helpers import cancel_once_started
 
 import greenbridge as gb
 from greenbridge import _core
@@ -562,15 +563,7 @@ def test_sqlalchemy_await_inside_greenbridge_is_cancellable(run_async: Run) -> N
             record.append("cancelled in green")
             raise
 
-    async def main() -> None:
-        started = asyncio.Event()
-        task = asyncio.create_task(gb.spawn_green(green, started))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run_async(main)
+    run_async(cancel_once_started, green)
     assert record == ["cancelled in green"]
 
 

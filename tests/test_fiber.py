@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _green_helpers import cancel_once_started
 
 import greenbridge as gb
 from greenbridge import fiber
@@ -182,15 +183,7 @@ def test_a_value_obtained_is_not_lost_to_a_later_cancellation(run_async: Run) ->
             record.append("cancelled at the next suspension")
             raise
 
-    async def main() -> None:
-        cleaning = asyncio.Event()
-        task = asyncio.create_task(gb.spawn_green(green, cleaning))
-        await cleaning.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run_async(main)
+    run_async(cancel_once_started, green)
     assert record == ["won", "cancelled at the next suspension"]
 
 
@@ -299,15 +292,7 @@ def test_protect_holds_cancellation_back_until_fn_finishes(run_async: Run) -> No
             record.append("cancelled at the next suspension")
             raise
 
-    async def main() -> None:
-        started = asyncio.Event()
-        task = asyncio.create_task(gb.spawn_green(green, started))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run_async(main)
+    run_async(cancel_once_started, green)
     assert record == ["cleanup finished", "done", "cancelled at the next suspension"]
 
 
@@ -319,16 +304,7 @@ def test_protect_leaves_the_cancellation_for_fiber_check(run_async: Run) -> None
         fiber.check()  # raises the cancellation held back by protect
         return "not cancelled"
 
-    async def main() -> None:
-        started = asyncio.Event()
-        task = asyncio.create_task(gb.spawn_green(green, started))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert task.cancelled()
-
-    run_async(main)
+    assert run_async(cancel_once_started, green).cancelled()
 
 
 def test_protect_lets_a_real_error_win_over_cancellation(run_async: Run) -> None:

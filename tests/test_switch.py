@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _green_helpers import cancel_once_started
 
 import greenbridge as gb
 from greenbridge import fiber
@@ -646,16 +647,8 @@ def test_switch_cancelled_from_asyncio_cancels_fibers_and_waits_for_them(run_asy
             started.set()
             forever()
 
-    async def main() -> None:
-        started = asyncio.Event()
-        task = asyncio.create_task(gb.spawn_green(green, started))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        record.append("task cancelled")
-
-    run_async(main)
+    run_async(cancel_once_started, green)
+    record.append("task cancelled")
     assert record == ["a cleaned up", "b cleaned up", "task cancelled"]
 
 
