@@ -356,8 +356,10 @@ class _SigintHandler:
     def _cancel_main(self) -> None:
         self.deferred = False
         main = self.main
-        if main is not None and not main.done():
-            main.cancel()
+        if main is None or not main.cancel():
+            # The program ended before the deferred cancellation reached it: the interrupt is
+            # owed, not dropped (asyncio.Runner's Task.cancel() would have reached it in time).
+            self.owed = True
 
 
 def _nothing() -> None:
