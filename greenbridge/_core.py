@@ -635,6 +635,13 @@ def run(
             signal.getsignal(signal.SIGINT), _SigintHandler
         ):
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        main = handler.main if handler is not None else None
+        if main is not None and main.done() and not main.cancelled():
+            # A KeyboardInterrupt escapes Task steps, and the loop: one that ended the main Task
+            # while the Runner closed (gb.protect re-raises its function's) was never retrieved
+            # from it, and its Task would log so. gb.run raises it: consume it, as
+            # run_until_complete does for the Tasks it creates.
+            main.exception()
         _drain_pool()
     if handler is not None and handler.owed:
         raise KeyboardInterrupt()  # it arrived in the plumbing during the shutdown
