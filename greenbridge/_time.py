@@ -73,8 +73,11 @@ class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):
                 try:
                     await_from_green(asyncio.sleep(0))
                 except asyncio.CancelledError as cancelled:
+                    # TimeoutError when the cancellation is the timeout's own; one requested
+                    # from outside as well (the Task cancelled meanwhile) goes on as it came.
                     aexit = timeout.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
-                    return await_from_green(aexit)
+                    await_from_green(aexit)
+                    raise
         return await_from_green(timeout.__aexit__(exc_type, exc, tb))
 
 
