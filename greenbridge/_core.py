@@ -628,6 +628,12 @@ def run(
             if handler is not None:
                 handler.loop = runner.get_loop()
             result = _run_main(runner, spawn_green(fn, *args, **kwargs), handler)
+    except BaseException as exc:
+        if handler is not None and handler.owed and not isinstance(exc, KeyboardInterrupt):
+            # A Ctrl-C owed by the plumbing: asyncio.run would have raised it where it landed,
+            # so it wins over the error the program ended with (kept as its context).
+            raise KeyboardInterrupt()  # noqa: B904
+        raise
     finally:
         # Whichever handler of ours is in place (an interrupt may have come between installing
         # it and knowing it), Python's default comes back.
