@@ -519,3 +519,45 @@ def test_a_ctrl_c_raised_in_a_protected_function_ends_gb_run_without_a_log(gb_ba
     with watch(gb_backend) as report, pytest.raises(KeyboardInterrupt):
         gb.run(gb.protect, interrupted, backend=gb_backend, debug=True)
     assert report.problems() == []
+
+
+def test_a_cancellation_from_outside_is_not_swallowed_by_a_timeout_that_expired_in_protect(
+    run_green: Callable[..., Any],
+) -> None:
+    """A ``gb.timeout`` that expires while ``gb.protect`` holds its cancellation back delivers it
+    on leaving the block, as ``TimeoutError``; when the Task was also cancelled from outside
+    meanwhile, that cancellation is not the timeout's and must go on (it was swallowed: the
+    block returned normally). Found as a Ctrl-C that ``gb.run`` ended without."""
+
+    def main() -> str:
+        host = asyncio.current_task()
+        assert host is not None
+
+        def cancelled_from_outside() -> None:
+            gb.sleep(0)
+            host.cancel()  # while the timeout's own cancellation is held back
+            gb.sleep(0)
+
+        with gb.timeout(0):
+            gb.protect(cancelled_from_outside)
+        return "the cancellation was swallowed"
+
+    with pytest.raises(asyncio.CancelledError):
+        run_green(main)
+
+
+def test_an_owed_ctrl_c_wins_over_the_error_the_program_ends_with(gb_backend: str) -> None:
+    """Ctrl-C twice in the plumbing: the second is owed until the program has unwound. When the
+    program then ends with an error of its own, ``gb.run`` raises ``KeyboardInterrupt`` (with
+    that error as its context), as ``asyncio.run`` -- where the second Ctrl-C raises at once --
+    would; it raised the program's error and the interrupt was lost."""
+
+    def main() -> None:
+        _ctrl_c(sys._getframe(1), times=2)  # lands in _fiber_main, which called main: owed
+        raise ValueError("the program's own error")
+
+    with watch(gb_backend) as report, pytest.raises(KeyboardInterrupt) as caught:
+        gb.run(main, backend=gb_backend, debug=True)
+    assert isinstance(caught.value.__context__, ValueError)
+    del caught
+    assert report.problems() == []
