@@ -12,7 +12,8 @@ frames ("plumbing") or in the program's ("program"). There it delivers
   frame that was executing; ``gb.run`` installs its own, see ``_control._SigintHandler``);
 * ``ctrl-c twice``: asyncio.Runner's protocol, the first cancels the program, the second
   raises ``KeyboardInterrupt`` (or, inside the plumbing, is owed until the program unwound);
-* ``cancel``: ``Task.cancel()`` of the program's main Task.
+* ``cancel``: ``Task.cancel()`` of the program's main Task -- right there in the program's code,
+  from a loop callback scheduled there in greenbridge's (as a signal handler must).
 
 The programs cannot fail or deadlock on their own (no raising leaves; every wait is woken; a
 wait that nothing wakes appears only under a deadline), so each run is checked strictly:
@@ -44,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import test_properties as mixed
 from _reliability import hypothesis_settings, watch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -295,7 +297,7 @@ class Injector:
     """The trace function: counts line events in ``scope``'s frames and, at number ``at``,
     delivers ``mode`` there (``at`` None: only count)."""
 
-    def __init__(self, scope: str, at: int | None, mode: str, run: Run) -> None:
+    def __init__(self, scope: str, at: int | None, mode: str, run: Run | None) -> None:
         self.scope = scope
         self.at = at
         self.mode = mode
@@ -303,6 +305,7 @@ class Injector:
         self.count = 0
         self.fired = False
         self.cancel_taken: bool | None = None  # what Task.cancel() returned (mode "cancel")
+        # (None: a cancel scheduled from the plumbing never ran, the loop was closed first)
 
     def _traced(self, frame: FrameType) -> bool:
         module = frame.f_globals.get("__name__", "")
@@ -328,8 +331,23 @@ class Injector:
 
     def deliver(self, frame: FrameType) -> None:
         if self.mode == "cancel":
+            assert self.run is not None
             main = self.run.main
-            self.cancel_taken = main is not None and main.cancel()
+            if main is None:
+                self.cancel_taken = False
+            elif self.scope == "program":
+                self.cancel_taken = main.cancel()  # user code may cancel any Task, anywhere
+            else:
+                # In the middle of a line of the plumbing only a signal handler runs, and it must
+                # not call Task.cancel() there (that cancels the Future the Task waits on, maybe
+                # the one the line is completing); it schedules it, as _SigintHandler does.
+                def cancel() -> None:
+                    self.cancel_taken = main.cancel()
+
+                try:
+                    main.get_loop().call_soon_threadsafe(cancel)
+                except RuntimeError:  # the loop is closed: gb.run is past the program
+                    self.cancel_taken = False
             return
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler), handler
@@ -440,11 +458,19 @@ EVERY_KIND = number(
         children=(
             Step("first", how=0, children=(Step("forever"), Step("nap", arg=2))),
             Step("protect", how=1, children=(Step("pipe", arg=2, how=0),)),
-            Step("task", how=2, children=(Step("both", children=(Step("wait", arg=1), Step("signal", arg=1))),)),
+            Step(
+                "task",
+                how=2,
+                children=(Step("both", children=(Step("wait", arg=1), Step("signal", arg=1))),),
+            ),
             Step(
                 "seq",
                 children=(
-                    Step("timeout", how=0, children=(Step("any", children=(Step("forever"), Step("critical"))),)),
+                    Step(
+                        "timeout",
+                        how=0,
+                        children=(Step("any", children=(Step("forever"), Step("critical"))),),
+                    ),
                     Step("spawn", children=(Step("await", arg=1),)),
                     Step("yield", arg=2),
                 ),
@@ -464,6 +490,52 @@ def test_an_interrupt_anywhere_ends_gb_run_as_asyncio_run_ends(
     """A random program, interrupted (Ctrl-C once or twice, or its main Task cancelled) at a
     random line of greenbridge's code or of its own: the invariants of the module docstring."""
     check_interrupted(root, gb_backend, scope, fraction, mode)
+
+
+def run_mixed(root: mixed.Node, backend: str, at: int | None) -> tuple[Injector, Any, list[str]]:
+    """Run a program of ``test_properties`` (green and asyncio code mixed, through every
+    crossing) with Ctrl-C twice at line event ``at`` of greenbridge's frames."""
+    program = mixed.Program(root)
+    injector = Injector("plumbing", at, "ctrl-c twice", None)
+    result: Any
+    with watch(backend) as report:
+        previous = sys.gettrace()
+        sys.settrace(injector)
+        try:
+            result = gb.run(program.green_main, backend=backend, debug=True)
+        except BaseException as exc:  # judged by its type (see run_once)
+            result = Raised(type(exc), repr(exc))
+        finally:
+            sys.settrace(previous)
+    problems = report.problems()
+    starts = sorted(e[1] for e in program.events if e[0] == "start")
+    finals = sorted(e[1] for e in program.events if e[0] == "finally")
+    if starts != finals:
+        problems.append(f"a finally block did not run, or ran twice: {program.events}")
+    if program.leftover_tasks:
+        problems.append(f"tasks left running: {program.leftover_tasks}")
+    return injector, result, problems
+
+
+@pytest.mark.timeout(300)
+@_settings(ci_examples=40)
+@given(root=mixed.programs(real_time=False, wakeups=True), fraction=st.floats(0, 1))
+def test_the_mixed_programs_end_with_keyboard_interrupt_when_interrupted_in_the_plumbing(
+    root: mixed.Node, fraction: float, gb_backend: str
+) -> None:
+    """The random programs of ``test_properties`` (TaskGroups, asyncio and gb timeouts, Task
+    cancellations, Waiters woken from loop callbacks, errors, suspensions in ``finally``), with
+    Ctrl-C twice at a random line of greenbridge's code: ``gb.run`` raises KeyboardInterrupt,
+    whatever the program was doing (raising its own errors included), every node's ``finally``
+    ran and nothing is left."""
+    counted, _, problems = run_mixed(root, gb_backend, None)
+    assert problems == [], problems
+    total = counted.count
+    at = min(int(fraction * total), total - 1)
+    injector, result, problems = run_mixed(root, gb_backend, at)
+    if injector.fired and not (isinstance(result, Raised) and issubclass(result.type, KeyboardInterrupt)):
+        problems.append(f"gb.run ended with {result!r}, not KeyboardInterrupt")
+    assert problems == [], f"ctrl-c twice at line event {at} of {total}: {problems}"
 
 
 def test_the_example_program_exercises_every_kind_of_node(gb_backend: str) -> None:
@@ -560,4 +632,45 @@ def test_an_owed_ctrl_c_wins_over_the_error_the_program_ends_with(gb_backend: st
         gb.run(main, backend=gb_backend, debug=True)
     assert isinstance(caught.value.__context__, ValueError)
     del caught
+    assert report.problems() == []
+
+
+def test_a_cancellation_pending_when_a_timeout_is_entered_is_not_turned_into_timeout_error(
+    run_green: Callable[..., Any],
+) -> None:
+    """``asyncio.timeout`` counts the cancellations requested before it was entered as not its
+    own, so one requested just before the block and delivered inside it, once the block has
+    expired, came out as ``TimeoutError`` -- which the program caught: a Ctrl-C landing just
+    before a ``gb.timeout`` block was lost. ``gb.timeout`` raises it on entry."""
+
+    def main() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # as a Ctrl-C's first interrupt does, from the line before the block
+        try:
+            with gb.timeout(0):
+                fiber.yield_()
+        except TimeoutError:
+            return "the cancellation was swallowed"
+        return "not cancelled"
+
+    with pytest.raises(asyncio.CancelledError):
+        run_green(main)
+
+
+def test_a_ctrl_c_in_a_directly_resumed_main_fiber_that_then_returns_is_not_lost(gb_backend: str) -> None:
+    """A fiber resumed directly by a loop callback runs outside its Task's step; when its
+    function returns, a cancellation that arrived meanwhile is withdrawn (the outcome wins).
+    When that was a Ctrl-C's cancellation of ``gb.run``'s program, the interrupt is owed, not
+    dropped: ``gb.run`` raises ``KeyboardInterrupt``."""
+
+    def main() -> str:
+        woken = gb.Event()
+        asyncio.get_running_loop().call_soon(woken.set)
+        woken.wait()  # resumed directly by the callback
+        _ctrl_c(sys._getframe())  # user code: the main Task is cancelled at once
+        return "returned"
+
+    with watch(gb_backend) as report, pytest.raises(KeyboardInterrupt):
+        gb.run(main, backend=gb_backend, debug=True)
     assert report.problems() == []
