@@ -481,7 +481,7 @@ EVERY_KIND = number(
 
 
 @pytest.mark.timeout(300)
-@_settings(ci_examples=100)
+@_settings(ci_examples=150)
 @given(root=programs, scope=st.sampled_from(SCOPES), fraction=st.floats(0, 1), mode=st.sampled_from(MODES))
 @example(root=EVERY_KIND, scope="plumbing", fraction=0.5, mode="ctrl-c twice")
 def test_an_interrupt_anywhere_ends_gb_run_as_asyncio_run_ends(
@@ -518,7 +518,7 @@ def run_mixed(root: mixed.Node, backend: str, at: int | None) -> tuple[Injector,
 
 
 @pytest.mark.timeout(300)
-@_settings(ci_examples=40)
+@_settings(ci_examples=60)
 @given(root=mixed.programs(real_time=False, wakeups=True), fraction=st.floats(0, 1))
 def test_the_mixed_programs_end_with_keyboard_interrupt_when_interrupted_in_the_plumbing(
     root: mixed.Node, fraction: float, gb_backend: str
