@@ -132,6 +132,7 @@ MODES = ("ctrl-c", "ctrl-c twice", "cancel")
 
 # The shared events of ``signal`` / ``wait`` leaves, set by the program's backstop after this
 # many loop iterations whether or not a ``signal`` leaf ran (so that no wait is left for ever).
+NEVER_RETRIEVED = "Task exception was never retrieved"
 SHARED_EVENTS = 2
 BACKSTOP_HOPS = 40
 WATCHDOG_SECONDS = 10.0
@@ -437,6 +438,11 @@ def check_interrupted(root: Step, backend: str, scope: str, fraction: float, mod
     interrupted = run_once(root, backend, scope, at, mode)
     wrong = expected(interrupted, root)
     problems = interrupted.problems + ([wrong] if wrong else [])
+    if backend == "asyncio+eager" and scope == "program" and mode == "ctrl-c twice":
+        # asyncio's own behaviour, in coroutines too: a KeyboardInterrupt raised in the eager
+        # first step of a Task propagates out of create_task(), so nobody can retrieve it from
+        # the Task, which logs it when collected.
+        problems = [p for p in problems if p != f"asyncio logged: {NEVER_RETRIEVED}"]
     assert problems == [], f"{mode} at line event {at} of {total} ({scope}): {problems}"
 
 
