@@ -41,6 +41,7 @@ Direct resumption
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -164,8 +165,17 @@ def _finish_in_task(fiber: _Fiber) -> None:
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+            _withdrawn_from(task)
     except GeneratorExit:  # the driver was closed: the outcome is reported all the same
         pass
+
+
+def _withdrawn_from(task: asyncio.Task[Any]) -> None:
+    """A cancellation withdrawn from ``task`` (``_finish_in_task``) may be a Ctrl-C's, when
+    ``task`` is ``gb.run``'s program: that interrupt is owed then, not dropped."""
+    handler = signal.getsignal(signal.SIGINT)
+    if isinstance(handler, _SigintHandler) and handler.main is task and handler.interrupts:
+        handler.owed = True
 
 
 def _resume(fiber: _Fiber) -> bool:
@@ -356,8 +366,10 @@ class _SigintHandler:
     def _cancel_main(self) -> None:
         self.deferred = False
         main = self.main
-        if main is not None and not main.done():
-            main.cancel()
+        if main is None or not main.cancel():
+            # The program ended before the deferred cancellation reached it: the interrupt is
+            # owed, not dropped (asyncio.Runner's Task.cancel() would have reached it in time).
+            self.owed = True
 
 
 def _nothing() -> None:

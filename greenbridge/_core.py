@@ -628,6 +628,12 @@ def run(
             if handler is not None:
                 handler.loop = runner.get_loop()
             result = _run_main(runner, spawn_green(fn, *args, **kwargs), handler)
+    except BaseException as exc:
+        if handler is not None and handler.owed and not isinstance(exc, KeyboardInterrupt):
+            # A Ctrl-C owed by the plumbing: asyncio.run would have raised it where it landed,
+            # so it wins over the error the program ended with (kept as its context).
+            raise KeyboardInterrupt()  # noqa: B904
+        raise
     finally:
         # Whichever handler of ours is in place (an interrupt may have come between installing
         # it and knowing it), Python's default comes back.
@@ -635,6 +641,13 @@ def run(
             signal.getsignal(signal.SIGINT), _SigintHandler
         ):
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        main = handler.main if handler is not None else None
+        if main is not None and main.done() and not main.cancelled():
+            # A KeyboardInterrupt escapes Task steps, and the loop: one that ended the main Task
+            # while the Runner closed (gb.protect re-raises its function's) was never retrieved
+            # from it, and its Task would log so. gb.run raises it: consume it, as
+            # run_until_complete does for the Tasks it creates.
+            main.exception()
         _drain_pool()
     if handler is not None and handler.owed:
         raise KeyboardInterrupt()  # it arrived in the plumbing during the shutdown

@@ -53,6 +53,12 @@ class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):
             raise RuntimeError("a gb.timeout() block cannot be entered twice")
         if not in_green():
             raise NoGreenContext(_no_green_message("gb.timeout()"))
+        task = asyncio.current_task()
+        if task is not None and _cancel_pending(task):
+            # A cancellation requested before the block and not delivered yet: asyncio.timeout
+            # would count it as its own and raise TimeoutError for it once the block expires
+            # (which the caller may catch). Entering is then a cancellation point (Eio's rule).
+            await_from_green(asyncio.sleep(0))
         self._timeout = asyncio.timeout(self._seconds)
         return await_from_green(self._timeout.__aenter__())
 
@@ -73,8 +79,11 @@ class _GreenTimeout(AbstractContextManager[asyncio.Timeout]):
                 try:
                     await_from_green(asyncio.sleep(0))
                 except asyncio.CancelledError as cancelled:
+                    # TimeoutError when the cancellation is the timeout's own; one requested
+                    # from outside as well (the Task cancelled meanwhile) goes on as it came.
                     aexit = timeout.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
-                    return await_from_green(aexit)
+                    await_from_green(aexit)
+                    raise
         return await_from_green(timeout.__aexit__(exc_type, exc, tb))
 
 
@@ -85,7 +94,9 @@ def timeout(seconds: float | None) -> AbstractContextManager[asyncio.Timeout]:
     wait is cancelled and the block raises the builtin ``TimeoutError``; ``None`` means no limit,
     0 or less expires at the first suspension. Built on ``asyncio.timeout`` in the fiber's Task,
     so it nests with asyncio timeouts and can be rescheduled through the ``asyncio.Timeout`` the
-    ``with`` yields. Raises ``NoGreenContext`` on entry outside green code.
+    ``with`` yields. A cancellation of the fiber already requested and not yet delivered is
+    raised on entry (otherwise, once the block expired, it would come out as ``TimeoutError``).
+    Raises ``NoGreenContext`` on entry outside green code.
     """
     return _GreenTimeout(seconds)
 

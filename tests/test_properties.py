@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -208,6 +209,14 @@ def describe(outcome: Any) -> Any:
     return outcome
 
 
+def failed_at_once(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` failed within ``create_task``, i.e. in an eager first step: its
+    TaskGroup is then shutting down, and on Python 3.12 creating another Task in it raises
+    ``RuntimeError`` and leaves the coroutine never awaited (asyncio's own behaviour, the same
+    in coroutines; gh-116720 changed it in 3.13). So a group node stops creating children."""
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
 class Program:
     """Runs one program tree and records what happened."""
 
@@ -339,7 +348,9 @@ class Program:
             try:
                 with gb.enter(asyncio.TaskGroup()) as tg:
                     for child in node.children:
-                        tasks.append((child, self._task_for(child, tg.create_task)))
+                        tasks.append((child, task := self._task_for(child, tg.create_task)))
+                        if failed_at_once(task):
+                            break  # the group is shutting down (eager tasks)
             finally:
                 for child, task in tasks:
                     self._receive_task(child, task)
@@ -503,7 +514,9 @@ class Program:
             try:
                 async with asyncio.TaskGroup() as tg:
                     for child in node.children:
-                        tasks.append((child, self._task_for(child, tg.create_task)))
+                        tasks.append((child, task := self._task_for(child, tg.create_task)))
+                        if failed_at_once(task):
+                            break  # the group is shutting down (eager tasks)
             finally:
                 for child, task in tasks:
                     self._receive_task(child, task)
@@ -975,6 +988,41 @@ def test_current_task_is_the_fibers_own_after_a_direct_wakeup(run_green: Callabl
         assert asyncio.all_tasks() == {task}
 
     run_green(main)
+
+
+
+def test_an_await_that_suspends_twice_in_an_eager_tasks_first_fiber_returns_to_the_loop(
+    run_async: Callable[..., Any], gb_backend: str
+) -> None:
+    """Under an eager task factory a Task created in green code takes its first step in the
+    creator's fiber, so its own fiber first has the creator as parent and the loop greenlet
+    after that. An ``await_from_green`` in it that spans that change -- awaiting a nested
+    fiber that suspends twice -- must switch to the loop the second time, not to the creator
+    (which then woke inside the other Task's step: "Task cannot await on itself"). Found by the
+    properties under ``asyncio+eager`` (a ``gb.iterate`` in a nested fiber in a TaskGroup)."""
+    if not hasattr(asyncio, "eager_task_factory"):
+        pytest.skip("eager tasks need Python 3.12")
+    if gb_backend == "uvloop" and sys.version_info >= (3, 13):
+        pytest.skip("uvloop calls a task factory with eager_start=, which asyncio.eager_task_factory "
+                    "does not take on 3.13: the two cannot be combined")
+
+    def twice() -> str:
+        gb.sleep(0)
+        gb.sleep(0)
+        return "slept twice"
+
+    def nested() -> str:
+        return gb.await_from_green(gb.spawn_green(twice))
+
+    def creator() -> str:
+        task = asyncio.get_running_loop().create_task(gb.spawn_green(nested))
+        return gb.await_from_green(task)
+
+    async def main() -> str:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        return await gb.spawn_green(creator)
+
+    assert run_async(main) == "slept twice"
 
 
 # -- streams under cancellation ------------------------------------------------------------------
