@@ -22,7 +22,7 @@ import gc
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from greenlet import greenlet
@@ -154,3 +154,25 @@ def watch(backend: str, *, greenlets: bool = True) -> Iterator[Report]:
         logger.setLevel(old_level)
         report.fds_after = open_fds()
     report.log = [record.getMessage().splitlines()[0] for record in handler.records]
+
+
+def after_hops(hops: int, action: Callable[[], object]) -> Callable[[], None]:
+    """Call ``action`` from a loop callback ``hops`` loop iterations from now, unless the
+    returned ``stop()`` ran first: a deterministic "later" for the random programs."""
+    loop = asyncio.get_running_loop()
+    alive = True
+
+    def hop(left: int) -> None:
+        if not alive:
+            return
+        if left:
+            loop.call_soon(hop, left - 1)
+        else:
+            action()
+
+    def stop() -> None:
+        nonlocal alive
+        alive = False
+
+    loop.call_soon(hop, hops)
+    return stop

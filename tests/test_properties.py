@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from _reliability import hypothesis_settings, watch
+from _reliability import after_hops, hypothesis_settings, watch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -253,26 +253,6 @@ class Program:
             error = task.exception()
             self._receive(child, task.result() if error is None else error)
 
-    def _after_hops(self, hops: int, action: Callable[[], object]) -> Callable[[], None]:
-        """Call ``action`` after ``hops`` loop iterations unless the returned stop() ran first."""
-        loop = asyncio.get_running_loop()
-        alive = True
-
-        def hop(left: int) -> None:
-            if not alive:
-                return
-            if left:
-                loop.call_soon(hop, left - 1)
-            else:
-                action()
-
-        def stop() -> None:
-            nonlocal alive
-            alive = False
-
-        loop.call_soon(hop, hops)
-        return stop
-
     # -- green nodes ----------------------------------------------------------------------------
 
     def green(self, node: Node) -> Token:
@@ -332,7 +312,7 @@ class Program:
         elif kind == "cancel":
             child = node.children[0]
             task = self._task_for(child)
-            stop = self._after_hops(node.arg, task.cancel)
+            stop = after_hops(node.arg, task.cancel)
             try:
                 gb.await_from_green(task)
             except asyncio.CancelledError:
@@ -405,7 +385,7 @@ class Program:
         def waker() -> None:
             record["settled"] = settle()
 
-        stop = self._after_hops(node.arg, waker)
+        stop = after_hops(node.arg, waker)
         try:
             value = waiter.wait()
         except asyncio.CancelledError:
@@ -500,7 +480,7 @@ class Program:
         elif kind == "cancel":
             child = node.children[0]
             task = self._task_for(child)
-            stop = self._after_hops(node.arg, task.cancel)
+            stop = after_hops(node.arg, task.cancel)
             try:
                 await task
             except asyncio.CancelledError:
@@ -548,7 +528,7 @@ class Program:
             else:
                 future.cancel()
 
-        stop = self._after_hops(node.arg, settle)
+        stop = after_hops(node.arg, settle)
         try:
             return await future
         finally:
@@ -576,7 +556,7 @@ class Program:
         if node.seconds is not None:
             return lambda: None
         loop = asyncio.get_running_loop()
-        return self._after_hops(node.arg, lambda: None if cm.expired() else cm.reschedule(loop.time()))
+        return after_hops(node.arg, lambda: None if cm.expired() else cm.reschedule(loop.time()))
 
     def _task_for(
         self, child: Node, create: Callable[..., asyncio.Task[Any]] | None = None
@@ -1052,7 +1032,6 @@ def run_stream_program(spec: dict[str, Any]) -> dict[str, Any]:
     added: dict[tuple[int, int], str] = {}
     taken: list[tuple[int, int]] = []
     loop = asyncio.get_running_loop()
-    hopper = Program(Node("value", GREEN))
 
     def produce(p: int, n: int) -> None:
         for i in range(n):
@@ -1081,7 +1060,7 @@ def run_stream_program(spec: dict[str, Any]) -> dict[str, Any]:
     def with_cancel(fn: Callable[..., None], hops: int | None, *args: Any) -> asyncio.Task[None]:
         task = loop.create_task(gb.spawn_green(fn, *args))
         if hops is not None:
-            hopper._after_hops(hops, task.cancel)
+            after_hops(hops, task.cancel)
         return task
 
     tasks = [with_cancel(produce, hops, p, n) for p, (n, hops) in enumerate(spec["producers"])]

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 import test_properties as mixed
-from _reliability import hypothesis_settings, watch
+from _reliability import after_hops, hypothesis_settings, watch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -138,26 +138,6 @@ BACKSTOP_HOPS = 40
 WATCHDOG_SECONDS = 10.0
 
 
-def _after_hops(hops: int, action: Callable[[], object]) -> Callable[[], None]:
-    """Call ``action`` from a loop callback ``hops`` iterations from now, unless stop() ran."""
-    loop = asyncio.get_running_loop()
-    alive = True
-
-    def hop(left: int) -> None:
-        if alive:
-            if left:
-                loop.call_soon(hop, left - 1)
-            else:
-                action()
-
-    def stop() -> None:
-        nonlocal alive
-        alive = False
-
-    loop.call_soon(hop, hops)
-    return stop
-
-
 class Run:
     """One run of a program: its record (node starts and ``finally`` blocks) and its state."""
 
@@ -177,7 +157,7 @@ class Run:
         self._watchdog()
         self.events = [gb.Event() for _ in range(SHARED_EVENTS)]
         self.semaphore = gb.Semaphore(1)
-        _after_hops(BACKSTOP_HOPS, lambda: [event.set() for event in self.events])
+        after_hops(BACKSTOP_HOPS, lambda: [event.set() for event in self.events])
         return self.node(self.root)
 
     def _watchdog(self) -> None:
@@ -256,7 +236,7 @@ class Run:
     def _nap(self, hops: int) -> None:
         """Sleep ``hops`` loop iterations, on an Event set from a loop callback."""
         woken = gb.Event()
-        stop = _after_hops(hops, woken.set)
+        stop = after_hops(hops, woken.set)
         try:
             woken.wait()
         finally:
