@@ -15,7 +15,7 @@ The rules, and the one place each is enforced
    it runs the driver (an inline ``await_from_green(spawn_green(...))``) or, under an eager task
    factory, until the Task it created is stepped again, and neither is a place to run another
    fiber's code.
-2. The parent of a fiber is the greenlet that steps its driver *now*: ``_core._adopt`` re-parents
+2. The parent of a fiber is the greenlet that steps its driver *now*: ``_core._drive`` re-parents
    it on every Task step (an eager task factory steps a Task's first step inside its creator).
 3. A directly resumed fiber runs with its own Task current (``_resume``, through
    ``_swap_current_task`` or ``_enter_task``/``_leave_task``), and goes back inside its Task's

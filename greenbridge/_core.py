@@ -126,11 +126,13 @@ from ._control import (
     _Fiber,
     _finish_in_task,
     _return_to_task,
-    _running_task,
     _SigintHandler,
     _thread_root,
 )
 from ._errors import NoGreenContext
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
 
 __all__ = (
     "as_async",
@@ -162,11 +164,24 @@ _POOL_MAX = 128
 _local = threading.local()
 
 
-def _idle_fibers() -> list[_Fiber]:
+class _Pool(list[_Fiber]):
+    """This thread's idle fibers. ``guarded`` is a weak reference to the loop whose shutdown will
+    empty the pool (see ``_guard_pool``), ``guard`` the async generator that does it: both kept on
+    the pool itself, so that the check on every return to the pool costs two attribute reads."""
+
+    __slots__ = ("guard", "guarded")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guard: AsyncGenerator[None, None] | None = None
+        self.guarded: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+
+def _idle_fibers() -> _Pool:
     try:
         return _local.idle  # type: ignore[no-any-return]
     except AttributeError:
-        idle = _local.idle = []
+        idle = _local.idle = _Pool()
         return idle
 
 
@@ -184,24 +199,25 @@ async def _pool_guard() -> AsyncGenerator[None, None]:
     finally:
         _drain_pool()
         # Done: drop the guard, whose first-iteration hook left it holding the loop.
-        _local.guard = _local.guarded_loop = None
+        idle = _idle_fibers()
+        idle.guard = idle.guarded = None
 
 
-def _guard_pool() -> None:
+def _guard_pool(idle: _Pool) -> None:
     """Make sure the running loop will empty this thread's pool when it shuts down."""
-    loop = asyncio._get_running_loop()
-    guarded = getattr(_local, "guarded_loop", None)  # a weak reference: the pool must not keep
-    if loop is None or (guarded is not None and guarded() is loop):  # a closed loop alive
+    loop = _get_running_loop()
+    guarded = idle.guarded  # a weak reference: the pool must not keep a closed loop alive
+    if loop is None or (guarded is not None and guarded() is loop):
         return
-    old = getattr(_local, "guard", None)
+    old = idle.guard
     if old is not None:  # a guard of a loop that was closed without shutdown_asyncgens()
-        _local.guard = None
+        idle.guard = None
         with contextlib.suppress(StopIteration):
             old.aclose().send(None)
     guard = _pool_guard()
     with contextlib.suppress(StopIteration):
         guard.asend(None).send(None)  # first iteration: the loop's hook now tracks the guard
-    _local.guard, _local.guarded_loop = guard, weakref.ref(loop)
+    idle.guard, idle.guarded = guard, weakref.ref(loop)
 
 
 def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -222,7 +238,9 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         if len(idle) >= _POOL_MAX:
             return _FINISHED
         if not idle:
-            _guard_pool()
+            guarded = idle.guarded
+            if guarded is None or guarded() is not _get_running_loop():
+                _guard_pool(idle)
         idle.append(fiber)
         fn, args, kwargs = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
 
@@ -282,7 +300,10 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     else:
         fiber = _Fiber(_fiber_main, driver)
     fiber.gr_context = driver.gr_context
-    fiber._task = _running_task()
+    try:
+        fiber._task = _current_task()  # the Task stepping the driver: the fiber's own
+    except RuntimeError:  # stepped outside a running loop (by hand): no Task at all
+        fiber._task = None
     switch = fiber.switch
     out = switch(fn, args, kwargs)
     del fn, args, kwargs
@@ -297,13 +318,19 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                 raise outcome.with_traceback(tb.tb_next if tb is not None else None)
             return outcome
         if out is None or getattr(out, "_asyncio_future_blocking", False):
+            # Each resumption below re-parents the fiber to whoever steps the Task now (rule 2 of
+            # _control): a Task's steps normally all run in the loop greenlet, but under
+            # asyncio.eager_task_factory its first one ran inside whatever created it -- maybe
+            # another fiber, which then became the parent. Inline: it runs on every suspension.
             try:
                 value = yield out
             except BaseException as exc:  # cancellation & co.: into the fiber
-                _adopt(fiber)
+                if fiber.parent is not (stepper := getcurrent()):
+                    fiber.parent = stepper
                 out = fiber.throw(exc)
             else:
-                _adopt(fiber)
+                if fiber.parent is not (stepper := getcurrent()):
+                    fiber.parent = stepper
                 if fiber._handover is None:
                     out = switch(value)
                 else:
@@ -316,18 +343,6 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                 out = fiber.throw(exc)
             else:
                 out = switch(result)
-
-
-def _adopt(fiber: _Fiber) -> None:
-    """Make the greenlet stepping the driver now the fiber's parent, where it is not already.
-
-    A Task's steps normally all run in the loop greenlet, but under ``asyncio.eager_task_factory``
-    its first step runs inside whatever created it -- possibly another fiber, which then became
-    the parent; every later step runs in the loop greenlet, and the fiber must switch out to it.
-    """
-    current = getcurrent()
-    if fiber.parent is not current:
-        fiber.parent = current
 
 
 def _await_iter(awaitable: Any) -> Any:
@@ -430,7 +445,7 @@ def await_from_green(awaitable: Awaitable[T]) -> T:
                     continue
             else:
                 # The parent is looked up at every suspension, never kept: under an eager task
-                # factory the fiber's first step ran in its creator, and ``_adopt`` re-parents it
+                # factory the fiber's first step ran in its creator, and ``_drive`` re-parents it
                 # to the loop greenlet before the next one.
                 try:
                     value = current.parent.switch(out)  # type: ignore[union-attr]
@@ -461,7 +476,8 @@ def _check_suspension(fiber: _Fiber) -> None:
     when an awaitable stepped by ``await_from_green`` is about to suspend (an awaitable that is
     ready costs nothing more).
     """
-    if _running_task() is not fiber._task:
+    loop = _get_running_loop()
+    if (None if loop is None else _current_task(loop)) is not fiber._task:
         raise NoGreenContext(
             "await_from_green() was called from a coroutine running in a Task of its own that was "
             "started inside green code (an eager task factory runs a new Task's first step at "

@@ -180,7 +180,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
             checked = 1;
         }
         /* The parent is looked up at every suspension, never kept: under an eager task factory
-         * the fiber's first step ran in its creator, and _core._adopt re-parents it to the loop
+         * the fiber's first step ran in its creator, and _core._drive re-parents it to the loop
          * greenlet before the next one. */
         PyObject *parent = PyObject_GetAttr(current, str_parent);
         if (parent == NULL) {
