@@ -126,6 +126,7 @@ from ._control import (
     _Fiber,
     _finish_in_task,
     _return_to_task,
+    _running_task,
     _SigintHandler,
     _thread_root,
 )
@@ -204,10 +205,11 @@ async def _pool_guard() -> AsyncGenerator[None, None]:
 
 
 def _guard_pool(idle: _Pool) -> None:
-    """Make sure the running loop will empty this thread's pool when it shuts down."""
+    """Make the running loop empty this thread's pool when it shuts down; called by
+    ``_fiber_main`` when ``idle.guarded`` (a weak reference: the pool must not keep a closed loop
+    alive) is not the running loop."""
     loop = _get_running_loop()
-    guarded = idle.guarded  # a weak reference: the pool must not keep a closed loop alive
-    if loop is None or (guarded is not None and guarded() is loop):
+    if loop is None:
         return
     old = idle.guard
     if old is not None:  # a guard of a loop that was closed without shutdown_asyncgens()
@@ -476,8 +478,7 @@ def _check_suspension(fiber: _Fiber) -> None:
     when an awaitable stepped by ``await_from_green`` is about to suspend (an awaitable that is
     ready costs nothing more).
     """
-    loop = _get_running_loop()
-    if (None if loop is None else _current_task(loop)) is not fiber._task:
+    if _running_task() is not fiber._task:
         raise NoGreenContext(
             "await_from_green() was called from a coroutine running in a Task of its own that was "
             "started inside green code (an eager task factory runs a new Task's first step at "
