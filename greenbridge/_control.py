@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -53,39 +55,53 @@ __all__ = ()
 
 # asyncio's bookkeeping of the running Task, used to make a directly resumed fiber's Task current
 # (the same functions asyncio's C Task step uses; present on every supported Python).
-_current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 _swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
 _get_running_loop = asyncio._get_running_loop
+# _task_of(loop): the Task ``loop`` is stepping now, or None. Python 3.12 and later implement
+# asyncio.current_task in C; 3.11's is Python code around a dict lookup (about 1,500 instructions
+# a call, most of a spawn's cost), so there the lookup reads that dict, asyncio's own (the C Task's
+# step and uvloop's record the running Task in it).
+_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info >= (3, 12):
+    _task_of = asyncio.current_task
+else:
+    _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 
 
 def _running_task() -> asyncio.Task[Any] | None:
     """The Task being stepped now, None outside one (or with no running loop)."""
     loop = _get_running_loop()
-    return None if loop is None else _current_task(loop)
+    return None if loop is None else _task_of(loop)
 
 class _Fiber(greenlet):
     """The greenlet that runs green functions; see ``_core``'s memo for its role. Defined here,
-    with the plumbing that moves control in and out of it."""
+    with the plumbing that moves control in and out of it. Its state is in slots, which cost less
+    to read and write on the hot path than the instance dictionary greenlets have."""
+
+    __slots__ = ("_direct", "_handover", "_outcome", "_park", "_stepper", "_task")
 
     # The de-facto convention that SQLAlchemy's ``await_`` and awaitlet look for.
     __sqlalchemy_greenlet_provider__ = True
 
-    # This fiber's idle _Stepper, None while await_from_green is using it.
-    _stepper: _Stepper | None = None
-    # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else None.
-    _handover: Any = None
-    # The outcome of the finished call, from _FINISHED until the driver takes it.
-    _outcome: tuple[Any, Any] | None = None
-    # Direct resumption (see "Direct resumption" in the memo). _park is the Future the hosting
-    # Task waits on while the fiber is parked by a Waiter; _direct is True while the fiber was
-    # last resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
-    _park: asyncio.Future[Any] | None = None
-    _direct = False
-    # The Task hosting the fiber's current call, recorded when it parks inside that Task: the
-    # task a direct waker makes current while the fiber runs.
-    _task: asyncio.Task[Any] | None = None
+    def __init__(self, run: Any, parent: greenlet) -> None:
+        super().__init__(run, parent)
+        # This fiber's idle _Stepper, None while await_from_green is using it.
+        self._stepper: _Stepper | None = None
+        # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else
+        # None.
+        self._handover: Any = None
+        # The outcome of the finished call, from _FINISHED until the driver takes it.
+        self._outcome: tuple[Any, Any] | None = None
+        # Direct resumption (see "Direct resumption" below). _park is the Future the hosting Task
+        # waits on while the fiber is parked by a Waiter; _direct is True while the fiber was last
+        # resumed by a waker rather than by its driver, i.e. it is not inside its Task's step.
+        self._park: asyncio.Future[Any] | None = None
+        self._direct = False
+        # The Task hosting the fiber's current call (recorded by the driver, or when the fiber
+        # parks inside it): the task a direct waker makes current while the fiber runs.
+        self._task: asyncio.Task[Any] | None = None
 
 
 # A fiber parked by a Waiter (greenbridge's own waits: flows, streams, promises, locks) hands its
@@ -130,7 +146,7 @@ def _park(fiber: _Fiber) -> None:
     if park is None or park.done():
         loop = asyncio.get_running_loop()
         park = fiber._park = loop.create_future()
-        fiber._task = _current_task(loop)
+        fiber._task = _task_of(loop)
     park._asyncio_future_blocking = True
     try:
         fiber._direct = fiber.parent.switch(park) is _WOKEN  # type: ignore[union-attr]
@@ -200,7 +216,7 @@ def _resume(fiber: _Fiber) -> bool:
             finally:
                 _swap_current_task(loop, waker_task)
         else:
-            waker_task = _current_task(loop)
+            waker_task = _task_of(loop)
             if waker_task is not None:
                 _leave_task(loop, waker_task)
             _enter_task(loop, task)

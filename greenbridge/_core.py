@@ -102,6 +102,11 @@ Rejected designs (figures: benchmarks/bench_crossing.py, median ns, CPython 3.11
   green code is the Task that awaited it.
 * Resuming fibers through their Task only: a Waiter woken from a loop callback costs about
   4,200 ns a round (future, Task wake-up, loop iteration); direct resumption about 2,500.
+* A fiber's state in the greenlet's instance dictionary: ``_Fiber.__slots__`` cut a spawn by
+  about 2,000 instructions of 17,700 (``benchmarks/bench_instructions.py``, CPython 3.11);
+  ``asyncio.current_task()`` (Python code on 3.11: about 1,500 instructions) is read from
+  asyncio's dict instead (``_control._task_of``); and the pool's guard is checked at each spawn
+  against the loop the driver already looked up, not at each return to an empty pool.
 """
 
 from __future__ import annotations
@@ -115,7 +120,6 @@ import signal
 import sys
 import threading
 import types
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -128,12 +132,12 @@ from ._control import (
     _return_to_task,
     _running_task,
     _SigintHandler,
+    _task_of,
     _thread_root,
 )
 from ._errors import NoGreenContext
 
 _get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
 
 __all__ = (
     "as_async",
@@ -166,16 +170,18 @@ _local = threading.local()
 
 
 class _Pool(list[_Fiber]):
-    """This thread's idle fibers. ``guarded`` is a weak reference to the loop whose shutdown will
-    empty the pool (see ``_guard_pool``), ``guard`` the async generator that does it: both kept on
-    the pool itself, so that the check on every return to the pool costs two attribute reads."""
+    """This thread's idle fibers. ``loop`` is the loop whose shutdown will empty the pool (see
+    ``_guard_pool``), ``guard`` the async generator that does it: both kept on the pool itself, so
+    that the check on every spawn costs one attribute read. The guard holds that loop anyway
+    (through the finalizer hook the loop gave it), until the loop's ``shutdown_asyncgens()``
+    closes it or another loop's guard replaces it."""
 
-    __slots__ = ("guard", "guarded")
+    __slots__ = ("guard", "loop")
 
     def __init__(self) -> None:
         super().__init__()
         self.guard: AsyncGenerator[None, None] | None = None
-        self.guarded: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 def _idle_fibers() -> _Pool:
@@ -201,15 +207,16 @@ async def _pool_guard() -> AsyncGenerator[None, None]:
         _drain_pool()
         # Done: drop the guard, whose first-iteration hook left it holding the loop.
         idle = _idle_fibers()
-        idle.guard = idle.guarded = None
+        idle.guard = idle.loop = None
 
 
-def _guard_pool(idle: _Pool) -> None:
-    """Make the running loop empty this thread's pool when it shuts down; called by
-    ``_fiber_main`` when ``idle.guarded`` (a weak reference: the pool must not keep a closed loop
-    alive) is not the running loop."""
-    loop = _get_running_loop()
-    if loop is None:
+def _guard_pool(idle: _Pool, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Make ``loop``, the running loop, empty this thread's pool when it shuts down; called by
+    ``_drive`` when ``idle.loop`` is another loop (or none). The fiber a spawn takes goes back to
+    the pool under the loop that spawned it, so a pool guarded at every spawn is guarded whenever
+    it holds a fiber. A guard of an earlier loop that was closed without ``shutdown_asyncgens()``
+    is closed first, which lets that loop's idle fibers die."""
+    if loop is None:  # a driver stepped by hand, outside a running loop: nothing to guard with
         return
     old = idle.guard
     if old is not None:  # a guard of a loop that was closed without shutdown_asyncgens()
@@ -219,7 +226,7 @@ def _guard_pool(idle: _Pool) -> None:
     guard = _pool_guard()
     with contextlib.suppress(StopIteration):
         guard.asend(None).send(None)  # first iteration: the loop's hook now tracks the guard
-    idle.guard, idle.guarded = guard, weakref.ref(loop)
+    idle.guard, idle.loop = guard, loop
 
 
 def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -239,10 +246,6 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         fiber._park = fiber._task = None
         if len(idle) >= _POOL_MAX:
             return _FINISHED
-        if not idle:
-            guarded = idle.guarded
-            if guarded is None or guarded() is not _get_running_loop():
-                _guard_pool(idle)
         idle.append(fiber)
         fn, args, kwargs = fiber.parent.switch(_FINISHED)  # type: ignore[union-attr]
 
@@ -295,17 +298,18 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     if not callable(fn):
         raise TypeError(f"spawn_green() needs a callable, got {type(fn).__name__!r}")
     driver = getcurrent()
+    loop = _get_running_loop()
     idle = _idle_fibers()
+    if idle.loop is not loop:
+        _guard_pool(idle, loop)
     if idle:
         fiber = idle.pop()
         fiber.parent = driver
     else:
         fiber = _Fiber(_fiber_main, driver)
     fiber.gr_context = driver.gr_context
-    try:
-        fiber._task = _current_task()  # the Task stepping the driver: the fiber's own
-    except RuntimeError:  # stepped outside a running loop (by hand): no Task at all
-        fiber._task = None
+    # The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop).
+    fiber._task = None if loop is None else _task_of(loop)
     switch = fiber.switch
     out = switch(fn, args, kwargs)
     del fn, args, kwargs
@@ -476,7 +480,8 @@ def _check_suspension(fiber: _Fiber) -> None:
     a ``TaskGroup``) takes its first step at once, on the fiber's stack; its coroutine is asyncio
     code and must ``await``, since suspending the fiber would suspend the creator instead. Called
     when an awaitable stepped by ``await_from_green`` is about to suspend (an awaitable that is
-    ready costs nothing more).
+    ready costs nothing more). The C accelerator makes the same test itself and calls this
+    function only to raise.
     """
     if _running_task() is not fiber._task:
         raise NoGreenContext(
@@ -505,6 +510,8 @@ if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
             _check_suspension,
             f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
             _bad_yield,
+            _get_running_loop,
+            _task_of,
         )
         SPEEDUPS = True
 

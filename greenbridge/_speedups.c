@@ -12,20 +12,67 @@
  * (its driver) through greenlet's own ``switch``, and whatever the driver throws in is passed to
  * the iterator's ``throw``, as in _core.await_from_green.
  *
+ * At an await's first suspension it checks, as _core._check_suspension does, that the fiber runs
+ * a step of its own Task (under an eager task factory a Task created in green code takes its first
+ * step on the fiber's stack); it reads the fiber's ``_direct`` and ``_task`` slots in place.
+ *
  * The module holds no state but the objects _core gives it in init(); it never owns a fiber.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifndef Py_T_OBJECT_EX  /* Python 3.11 */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
 
 static PyObject *fiber_type;   /* _core._Fiber */
 static PyObject *getcurrent;   /* greenlet.getcurrent */
 static PyObject *slow_path;    /* _core._await_from_green_py */
 static PyObject *suspend_check; /* _core._check_suspension: raises when the fiber may not suspend */
+static PyObject *running_loop; /* asyncio._get_running_loop */
+static PyObject *task_of;      /* _control._task_of: the Task a loop is stepping */
 static PyObject *doc_holder;   /* keeps the docstring's UTF-8 buffer alive */
 static PyObject *bad_yield;    /* _core._bad_yield: the error a Task throws in for a bad yield */
-static PyObject *str_direct, *str_blocking, *str_parent, *str_switch, *str_throw, *str_value;
+static PyObject *str_direct, *str_blocking, *str_parent, *str_switch, *str_throw, *str_value, *str_task;
 
 static PyMethodDef await_def;
+
+/* Where _Fiber keeps ``_direct`` and ``_task``: they are __slots__, so a fiber (whose type init()
+   was given, and which await_from_green checks exactly) holds them at these offsets. Reading them
+   there costs a load instead of an attribute lookup on every await. */
+static Py_ssize_t direct_offset, task_offset;
+
+/* A _Fiber slot as a new reference; AttributeError when it was never set, as getattr would. */
+static PyObject *
+fiber_slot(PyObject *fiber, Py_ssize_t offset, PyObject *name)
+{
+    PyObject *value = *(PyObject **)((char *)fiber + offset);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+/* The offset of slot ``name`` of ``type``, or -1 with an exception set. */
+static Py_ssize_t
+slot_offset(PyObject *type, const char *name)
+{
+    PyObject *descr = PyObject_GetAttrString(type, name);
+    if (descr == NULL) {
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)
+        && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX) {
+        offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "the fiber type's %s must be a slot", name);
+    }
+    Py_DECREF(descr);
+    return offset;
+}
 
 /* Fetch the exception being raised as one normalized object (3.11 has no GetRaisedException). */
 static PyObject *
@@ -76,6 +123,44 @@ throw_into(PyObject *it, PyObject *exc, PyObject **out)
     return value ? PYGEN_RETURN : PYGEN_ERROR;
 }
 
+/* 0 when ``fiber`` runs a step of its own Task (``fiber._task``), as it may suspend; else -1 with
+   the exception set: NoGreenContext from _core._check_suspension, which says why. The same test
+   as _check_suspension's, without its two Python calls on every await that suspends. */
+static int
+check_own_task(PyObject *fiber)
+{
+    PyObject *loop = PyObject_CallNoArgs(running_loop);
+    if (loop == NULL) {
+        return -1;
+    }
+    PyObject *task;
+    if (loop == Py_None) {
+        task = loop;
+    }
+    else {
+        task = PyObject_CallOneArg(task_of, loop);
+        Py_DECREF(loop);
+        if (task == NULL) {
+            return -1;
+        }
+    }
+    PyObject *own = fiber_slot(fiber, task_offset, str_task);
+    Py_DECREF(task);  /* only its identity is compared; the loop and the fiber hold it */
+    if (own == NULL) {
+        return -1;
+    }
+    Py_DECREF(own);
+    if (own == task) {
+        return 0;
+    }
+    PyObject *ok = PyObject_CallOneArg(suspend_check, fiber);  /* raises NoGreenContext */
+    if (ok == NULL) {
+        return -1;
+    }
+    Py_DECREF(ok);
+    return 0;
+}
+
 static PyObject *
 await_from_green(PyObject *module, PyObject *awaitable)
 {
@@ -87,7 +172,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
         Py_DECREF(current);
         return PyObject_CallOneArg(slow_path, awaitable);
     }
-    PyObject *direct = PyObject_GetAttr(current, str_direct);
+    PyObject *direct = fiber_slot(current, direct_offset, str_direct);
     if (direct == NULL) {
         Py_DECREF(current);
         return NULL;
@@ -162,8 +247,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
             }
         }
         if (!checked) {
-            PyObject *ok = PyObject_CallOneArg(suspend_check, current);
-            if (ok == NULL) {
+            if (check_own_task(current) < 0) {
                 /* Not the fiber's own Task (see _check_suspension): fail the awaitable. */
                 Py_DECREF(out);
                 out = NULL;
@@ -176,7 +260,6 @@ await_from_green(PyObject *module, PyObject *awaitable)
                 Py_DECREF(exc);
                 continue;
             }
-            Py_DECREF(ok);
             checked = 1;
         }
         /* The parent is looked up at every suspension, never kept: under an eager task factory
@@ -219,10 +302,17 @@ await_from_green(PyObject *module, PyObject *awaitable)
 static PyObject *
 init(PyObject *module, PyObject *args)
 {
-    PyObject *fiber, *current, *slow, *check, *doc, *bad;
-    if (!PyArg_ParseTuple(args, "OOOOUO:init", &fiber, &current, &slow, &check, &doc, &bad)) {
+    PyObject *fiber, *current, *slow, *check, *doc, *bad, *loop, *of;
+    if (!PyArg_ParseTuple(args, "OOOOUOOO:init", &fiber, &current, &slow, &check, &doc, &bad,
+                          &loop, &of)) {
         return NULL;
     }
+    if ((direct_offset = slot_offset(fiber, "_direct")) < 0
+        || (task_offset = slot_offset(fiber, "_task")) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(running_loop, Py_NewRef(loop));
+    Py_XSETREF(task_of, Py_NewRef(of));
     Py_XSETREF(suspend_check, Py_NewRef(check));
     Py_XSETREF(fiber_type, Py_NewRef(fiber));
     Py_XSETREF(getcurrent, Py_NewRef(current));
@@ -248,7 +338,8 @@ init(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
-     "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield) -> the C await_from_green"},
+     "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
+     "task_of) -> the C await_from_green"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -267,7 +358,9 @@ PyInit__speedups(void)
     str_switch = PyUnicode_InternFromString("switch");
     str_throw = PyUnicode_InternFromString("throw");
     str_value = PyUnicode_InternFromString("value");
-    if (!str_direct || !str_blocking || !str_parent || !str_switch || !str_throw || !str_value) {
+    str_task = PyUnicode_InternFromString("_task");
+    if (!str_direct || !str_blocking || !str_parent || !str_switch || !str_throw || !str_value
+        || !str_task) {
         return NULL;
     }
     return PyModule_Create(&module_def);

@@ -1,0 +1,161 @@
+"""Instructions per operation on greenbridge's crossing path, counted by valgrind's callgrind.
+
+Wall-clock timings on a shared or small machine swing with the other processes (per-core
+frequency, the other core's load); an instruction count does not: callgrind counts the
+user-space instructions a run executes, the same for the same binary and inputs whatever else
+the machine does. Each figure is the difference between a run of N2 operations and one of N1,
+divided by N2 - N1, so start-up, imports and the loop's creation cancel out.
+
+Four operations, on each loop:
+
+  ready   -- green code awaits a coroutine that returns at once (no suspension)
+  sleep0  -- green code awaits ``asyncio.sleep(0)`` (one suspension, one loop iteration)
+  spawn   -- asyncio code awaits ``gb.spawn_green`` of a trivial function
+  wake    -- a loop callback wakes a parked fiber (the path a protocol callback takes to a reader)
+
+    python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0]
+    python benchmarks/bench_instructions.py --against DIR   # DIR: another checkout, e.g. a tag
+
+``--against`` measures the same operations with the greenbridge found in DIR (a source tree
+with its C accelerator built: ``python setup.py build_ext --inplace``) and prints the change.
+Needs valgrind (Debian: ``apt-get install valgrind``). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+OPS = ("ready", "sleep0", "spawn", "wake")
+
+
+async def _ready() -> int:
+    return 1
+
+
+def _trivial() -> int:
+    return 1
+
+
+def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, None]]]:
+    """The operations, each an ``async def`` that does it ``n`` times (imported late: the child
+    process imports the greenbridge of the tree it measures)."""
+    import greenbridge as gb
+    from greenbridge._waiter import Waiter
+
+    async def ready(n: int) -> None:
+        def body() -> None:
+            afg = gb.await_from_green
+            for _ in range(n):
+                afg(_ready())
+
+        await gb.spawn_green(body)
+
+    async def sleep0(n: int) -> None:
+        def body() -> None:
+            afg, sleep = gb.await_from_green, asyncio.sleep
+            for _ in range(n):
+                afg(sleep(0))
+
+        await gb.spawn_green(body)
+
+    async def spawn(n: int) -> None:
+        sg = gb.spawn_green
+        for _ in range(n):
+            await sg(_trivial)
+
+    async def wake(n: int) -> None:
+        loop = asyncio.get_running_loop()
+        parked: list[Waiter[None]] = []
+
+        def wake_one() -> None:
+            parked.pop().wake(None)
+
+        def body() -> None:
+            for _ in range(n):
+                waiter: Waiter[None] = Waiter()
+                parked.append(waiter)
+                loop.call_soon(wake_one)
+                waiter.wait()
+
+        await gb.spawn_green(body)
+
+    return {"ready": ready, "sleep0": sleep0, "spawn": spawn, "wake": wake}
+
+
+def _child(loop_name: str, op: str, n: int) -> None:
+    """Run ``op`` ``n`` times on a new loop of ``loop_name`` (in the process callgrind counts)."""
+    factory = None
+    if loop_name == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_operations()[op](n))
+
+
+def count(tree: Path, loop_name: str, op: str, n: int) -> int:
+    """User-space instructions of one child run of ``n`` operations with ``tree``'s greenbridge."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("GREENBRIDGE_NO_SPEEDUPS", None)
+    proc = subprocess.run(
+        [
+            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            sys.executable, __file__, "--child", loop_name, op, str(n),
+        ],
+        capture_output=True, text=True, env=env, cwd=tree, check=True,
+    )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(f"callgrind printed no count:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_op(tree: Path, loop_name: str, op: str, n1: int, n2: int) -> float:
+    return (count(tree, loop_name, op, n2) - count(tree, loop_name, op, n1)) / (n2 - n1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--loops", default="asyncio,uvloop")
+    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--n1", type=int, default=4000)
+    parser.add_argument("--n2", type=int, default=16000)
+    parser.add_argument("--against", type=Path, help="another source tree to compare with")
+    parser.add_argument("--child", nargs=3, metavar=("LOOP", "OP", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], args.child[1], int(args.child[2]))
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("bench_instructions needs valgrind (Debian: apt-get install valgrind)")
+    ops = args.ops.split(",")
+    unknown = set(ops) - set(OPS)
+    if unknown or args.n2 <= args.n1:
+        sys.exit(f"--ops takes {', '.join(OPS)}; --n2 must exceed --n1")
+    trees = [HERE] if args.against is None else [args.against.resolve(), HERE]
+    print(f"instructions per operation (callgrind, N = {args.n1} and {args.n2})")
+    header = "loop     op      " + "".join(f"{tree.name[:14]:>16}" for tree in trees)
+    print(header + ("    change" if len(trees) == 2 else ""), flush=True)
+    for loop_name in args.loops.split(","):
+        for op in ops:
+            figures = [per_op(tree, loop_name, op, args.n1, args.n2) for tree in trees]
+            line = f"{loop_name:8} {op:7} " + "".join(f"{figure:16,.0f}" for figure in figures)
+            if len(figures) == 2:
+                line += f"  {(figures[1] / figures[0] - 1) * 100:+7.1f} %"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
