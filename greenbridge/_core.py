@@ -630,7 +630,9 @@ def run(
     Tasks left over are cancelled and awaited, async generators and the default executor are
     shut down, and the loop is closed. ``debug=True`` turns on asyncio's debug mode.
     An exception ``fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included) is re-raised
-    after that clean-up.
+    after that clean-up. A ``KeyboardInterrupt`` or ``SystemExit`` that a leftover Task ends with
+    while it is cancelled (``gb.protect`` re-raising its function's, for one) does not cut that
+    clean-up short, as it would under ``asyncio.run``: it is raised once every leftover has ended.
 
     Raises ``RuntimeError`` when an event loop is already running in this thread (from green code
     call ``fn`` directly; from a coroutine ``await gb.spawn_green(fn)``), ``ValueError`` for an
@@ -678,6 +680,62 @@ def run(
     return result
 
 
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop, handler: _SigintHandler | None) -> None:
+    """Cancel the Tasks left over and run them to their end: ``asyncio.Runner.close``'s first
+    step (``asyncio.runners._cancel_all_tasks``), which then finds nothing left, carried on past
+    a ``KeyboardInterrupt`` or ``SystemExit`` that one of those Tasks ends with.
+
+    asyncio re-raises such an exception out of the loop from the step of the Task it ends, and
+    so cuts the Runner's own sweep short: the other leftovers are never resumed again, and their
+    fibers never unwind. That happens whenever one leftover ends with an interrupt another one
+    awaits -- ``gb.protect`` nested in ``gb.protect``, interrupted in the innermost function: the
+    interrupt leaves the loop from the innermost Task (ending the program), again from the next
+    one, whose ``protect`` re-raises it while the sweep runs, and the outer ``protect`` is never
+    resumed with it. Here the sweep goes on (each Task is cancelled once, as by the Runner) and
+    the first such exception is raised once every leftover has ended, as it would have been
+    raised out of the Runner's sweep. An interrupt that no Task ended with (raised in the loop's
+    own code), or the third Ctrl-C of a shutdown (see ``_SigintHandler``), still ends it at once.
+    """
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    escaped: list[BaseException] = []
+    pending = to_cancel
+    while pending:
+        try:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        except (KeyboardInterrupt, SystemExit) as exc:
+            ended = any(t.done() and not t.cancelled() and t.exception() is exc for t in to_cancel)
+            if not ended or (handler is not None and handler.shutdown_interrupts >= 3):
+                raise
+            escaped.append(exc)
+            pending = {task for task in pending if not task.done()}
+            if not pending:
+                # The gather may have completed in the loop iteration that the exception ended
+                # (uvloop runs the rest of it), its done callback then left a stop request
+                # behind that would cut the Runner's next run short: let it be taken here.
+                loop.call_soon(loop.stop)
+                loop.run_forever()
+        else:
+            pending = set()
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        error = task.exception()
+        if error is not None and not any(error is seen for seen in escaped):  # those propagate
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during asyncio.run() shutdown",
+                    "exception": error,
+                    "task": task,
+                }
+            )
+    if escaped:
+        raise escaped[0]
+
+
 def _install_sigint_handler() -> _SigintHandler | None:
     """greenbridge's SIGINT handler (``_control._SigintHandler``) in place of asyncio.Runner's,
     where Runner would install its own (the main thread, Python's default handler)."""
@@ -691,20 +749,27 @@ def _install_sigint_handler() -> _SigintHandler | None:
 
 
 def _run_main(runner: asyncio.Runner, main: Coroutine[Any, Any, T], handler: _SigintHandler | None) -> T:
-    """``runner.run(main)``, with the program's Task known to ``handler``."""
-    if handler is None:
-        return runner.run(main)
-
-    async def record_main() -> T:
-        handler.main = asyncio.current_task()
-        return await main
-
+    """``runner.run(main)``, with the program's Task known to ``handler``, then the leftovers
+    cancelled (``_cancel_leftovers``) whatever the program ended with."""
     try:
-        return runner.run(record_main())
-    except asyncio.CancelledError:
-        if handler.interrupts:
-            raise KeyboardInterrupt() from None  # as asyncio.Runner: the program was interrupted
-        raise
+        if handler is None:
+            return runner.run(main)
+
+        async def record_main() -> T:
+            handler.main = asyncio.current_task()
+            return await main
+
+        try:
+            return runner.run(record_main())
+        except asyncio.CancelledError:
+            if handler.interrupts:
+                raise KeyboardInterrupt() from None  # as asyncio.Runner: the program was interrupted
+            raise
+    finally:
+        # Here, not in a try statement of gb.run's: the line event of a ``try`` there, inside the
+        # ``with``, falls outside every handler on Python 3.11, so an interrupt delivered on it
+        # (by a trace function) would skip the Runner's clean-up and gb.run's altogether.
+        _cancel_leftovers(runner.get_loop(), handler)
 
 
 def as_async(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -753,4 +818,6 @@ def _drain_pool() -> None:
         fiber.throw(GreenletExit)
 
 
-_UNPROTECTED_CODES.update((run.__code__, _install_sigint_handler.__code__))
+# Entry points, not plumbing: an interrupt landing there (or in the loop they run, for the sweep of
+# the leftovers, as in asyncio.Runner.close) is raised as asyncio.run would raise it.
+_UNPROTECTED_CODES.update((run.__code__, _install_sigint_handler.__code__, _cancel_leftovers.__code__))

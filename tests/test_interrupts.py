@@ -16,11 +16,14 @@ subprocess.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -224,6 +227,81 @@ def test_an_interrupt_from_a_bystander_during_cleanup_still_lets_gb_run_finish(g
     with pytest.raises(KeyboardInterrupt, match="during shutdown"):
         gb.run(main, backend=gb_backend)
     assert record == ["stubborn finally"]
+    assert _live_fibers() == [] and live_greenlets() == []
+
+
+def _nested_protect(depth: int, innermost: Callable[[], None], record: list[str]) -> Callable[[], None]:
+    """A main function that runs ``innermost`` ``depth`` calls of ``gb.protect`` deep, each level
+    in a fiber of its own Task, recording each level's ``finally``."""
+
+    def level(n: int) -> None:
+        try:
+            if n == depth:
+                innermost()
+            else:
+                gb.protect(level, n + 1)
+        finally:
+            record.append(f"level {n} finally")
+
+    return functools.partial(level, 0)
+
+
+def _ctrl_c_twice(frame: FrameType) -> None:
+    """Deliver Ctrl-C twice as the signal would, landing in ``frame``."""
+    handler = signal.getsignal(signal.SIGINT)
+    assert callable(handler)
+    handler(signal.SIGINT, frame)
+    handler(signal.SIGINT, frame)
+
+
+@pytest.mark.parametrize("lands", ["program", "plumbing"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_ctrl_c_twice_inside_nested_protect_unwinds_every_level(
+    depth: int, lands: str, gb_backend: str
+) -> None:
+    """Ctrl-C twice in a function ``gb.protect`` runs inside ``gb.protect``: every level's
+    ``finally`` runs once, ``gb.run`` raises ``KeyboardInterrupt`` and no fiber is left. In the
+    program's frame the second Ctrl-C raises there, and the interrupt leaves the loop once from
+    each level's Task, all but the first while the leftovers are cancelled; that cut the sweep
+    short and left the outer levels suspended for ever. In greenbridge's frames it is owed."""
+    record: list[str] = []
+
+    def innermost() -> None:
+        gb.sleep(0)
+        # sys._getframe(1): _fiber_main, which called this function (depth >= 1)
+        _ctrl_c_twice(sys._getframe() if lands == "program" else sys._getframe(1))
+
+    main = _nested_protect(depth, innermost, record)
+    with watch(gb_backend) as report, pytest.raises(KeyboardInterrupt):
+        gb.run(main, backend=gb_backend, debug=True)
+    assert sorted(record) == [f"level {n} finally" for n in range(depth + 1)]
+    assert report.problems() == []
+    assert _live_fibers() == [] and live_greenlets() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_an_interrupt_raised_inside_nested_protect_is_reraised_after_every_level_unwound(
+    depth: int, exc_type: type[BaseException], gb_backend: str
+) -> None:
+    """The same without a signal: the interrupt raised by the innermost protected function
+    comes out of ``gb.run`` (the same object) once every level has unwound."""
+    record: list[str] = []
+    exc = exc_type("interrupted")
+
+    def innermost() -> None:
+        gb.sleep(0)
+        raise exc
+
+    with watch(gb_backend) as report:
+        with pytest.raises(exc_type) as info:
+            gb.run(_nested_protect(depth, innermost, record), backend=gb_backend, debug=True)
+        assert info.value is exc
+        exc.__traceback__ = None
+        del info
+    assert sorted(record) == [f"level {n} finally" for n in range(depth + 1)]
+    assert report.problems() == []
     assert _live_fibers() == [] and live_greenlets() == []
 
 

@@ -466,10 +466,17 @@ EVERY_KIND = number(
 )
 
 
+# Found by the long profile: Ctrl-C twice in the innermost of two nested ``protect`` (the second
+# raises there) left the outer one suspended for ever (see
+# test_ctrl_c_twice_inside_nested_protect_unwinds_every_level in test_interrupts.py).
+NESTED_PROTECT = number(Step("protect", children=(Step("protect", children=(Step("yield", arg=1),)),)))
+
+
 @pytest.mark.timeout(300)
 @_settings(ci_examples=150)
 @given(root=programs, scope=st.sampled_from(SCOPES), fraction=st.floats(0, 1), mode=st.sampled_from(MODES))
 @example(root=EVERY_KIND, scope="plumbing", fraction=0.5, mode="ctrl-c twice")
+@example(root=NESTED_PROTECT, scope="program", fraction=0.95, mode="ctrl-c twice")
 def test_an_interrupt_anywhere_ends_gb_run_as_asyncio_run_ends(
     root: Step, scope: str, fraction: float, mode: str, gb_backend: str
 ) -> None:
