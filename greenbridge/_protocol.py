@@ -139,7 +139,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         if self._drop_input:
             rx.clear()
             return
-        if len(rx) >= RECEIVE_BUFFER_SIZE and not self._read_paused:
+        if rx.buffered >= RECEIVE_BUFFER_SIZE and not self._read_paused:
             self._read_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -194,7 +194,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         return n
 
     def _maybe_resume_reading(self) -> None:
-        if len(self._rx) <= RECEIVE_BUFFER_SIZE // 2:
+        if self._rx.buffered <= RECEIVE_BUFFER_SIZE // 2:
             self._read_paused = False
             if not self._lost:
                 assert self._transport is not None
@@ -368,7 +368,7 @@ class Connection(TwoWay):
         while True:
             if self._closed:
                 raise ClosedResourceError("read from a connection after close()")
-            if len(rx):
+            if rx.buffered:
                 return True
             if p._drop_input or p._eof:
                 return False
@@ -376,12 +376,14 @@ class Connection(TwoWay):
                 if p._error is not None:
                     raise _connection_error(p._error)
                 return False
-            reading = self._reading
-            reading.acquire()
+            reading = self._reading  # taken inline: this is every read's path
+            if reading.busy:
+                reading.acquire()  # raises BusyResourceError
+            reading.busy = True
             try:
                 p.wait_for_input(self._read_timeout)
             finally:
-                reading.release()
+                reading.busy = False
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -488,7 +490,7 @@ class Connection(TwoWay):
         """The loop time at which the parked reader started waiting for input; None when no
         fiber waits to read (servers shed the longest-idle connection when full)."""
         p = self._protocol
-        return p._reader_since if p._reader is not None and not len(p._rx) else None
+        return p._reader_since if p._reader is not None and not p._rx.buffered else None
 
     def _shed(self, reason: str) -> bool:
         """Make the parked reader's wait raise ``ReadTimeout(reason)``; False if none waits."""

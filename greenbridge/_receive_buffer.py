@@ -24,6 +24,8 @@ Invariants
 ----------
 * ``0 <= _start <= _end <= len(_buf)``; ``_start == _end`` means empty, and both are then 0, so
   the next ``room()`` offers the buffer from its start.
+* ``buffered == _end - _start``: how many bytes are buffered, an attribute rather than a call
+  for the connection's read path, which asks on every read (``len()`` gives the same).
 * ``MIN_CAPACITY <= _capacity <= max(limit, MIN_CAPACITY)``: the size the next allocation gets.
 * The buffer only grows past ``limit`` when the transport asks for room although the unread
   bytes already reach ``limit`` (a transport that did not honour ``pause_reading`` at once).
@@ -47,7 +49,9 @@ _EMPTY = bytearray()
 class ReceiveBuffer:
     """Bytes received and not read yet; see the module memo."""
 
-    __slots__ = ("_buf", "_capacity", "_end", "_last_full", "_limit", "_offered", "_start", "_view")
+    __slots__ = (
+        "_buf", "_capacity", "_end", "_last_full", "_limit", "_offered", "_start", "_view", "buffered",
+    )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
         self._limit = max(limit, MIN_CAPACITY)
@@ -55,13 +59,14 @@ class ReceiveBuffer:
         self._view = memoryview(_EMPTY)
         self._start = 0
         self._end = 0
+        self.buffered = 0  # read it, never set it: see the invariants
         self._capacity = self._limit
         self._offered = 0  # the length of the room last offered
         self._last_full = False  # the last receive filled all the room it was offered
 
     def __len__(self) -> int:
         """How many bytes are buffered."""
-        return self._end - self._start
+        return self.buffered
 
     @property
     def allocated(self) -> int:
@@ -90,6 +95,7 @@ class ReceiveBuffer:
     def filled(self, nbytes: int) -> None:
         """The transport wrote ``nbytes`` into the last ``room()`` (``buffer_updated``)."""
         self._end += nbytes
+        self.buffered += nbytes
         full = self._last_full = nbytes >= self._offered
         capacity = self._capacity
         if full:
@@ -143,8 +149,9 @@ class ReceiveBuffer:
     def _consumed(self, start: int) -> None:
         if start < self._end:
             self._start = start
+            self.buffered = self._end - start
             return
-        self._start = self._end = 0
+        self._start = self._end = self.buffered = 0
         if len(self._buf) > MIN_CAPACITY and not self._last_full:
             self._view.release()  # the burst is over: give the memory back
             self._buf = _EMPTY
