@@ -12,6 +12,9 @@ Four operations, on each loop:
   sleep0  -- green code awaits ``asyncio.sleep(0)`` (one suspension, one loop iteration)
   spawn   -- asyncio code awaits ``gb.spawn_green`` of a trivial function
   wake    -- a loop callback wakes a parked fiber (the path a protocol callback takes to a reader)
+  echo    -- one round trip of 1 KiB between an asyncio streams client and a ``net.run_server``
+             handler (``conn.read`` / ``conn.write``) on the same loop; the client's share is the
+             same code in every tree, so a change is the server's
 
     python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0]
     python benchmarks/bench_instructions.py --against DIR   # DIR: another checkout, e.g. a tag
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
-OPS = ("ready", "sleep0", "spawn", "wake")
+OPS = ("ready", "sleep0", "spawn", "wake", "echo")
 
 
 async def _ready() -> int:
@@ -89,7 +92,34 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, None]]]:
 
         await gb.spawn_green(body)
 
-    return {"ready": ready, "sleep0": sleep0, "spawn": spawn, "wake": wake}
+    async def echo(n: int) -> None:
+        from greenbridge import net
+
+        loop = asyncio.get_running_loop()
+        port: asyncio.Future[int] = loop.create_future()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def handle(conn: net.Connection, addr: Any) -> None:
+            while data := conn.read():
+                conn.write(data)
+
+        def serve() -> None:
+            with net.listen("127.0.0.1", 0) as listener:
+                port.set_result(listener.address[1])
+                net.run_server(listener, handle, stop=stop)
+
+        server = asyncio.ensure_future(gb.spawn_green(serve))
+        reader, writer = await asyncio.open_connection("127.0.0.1", await port)
+        message = b"x" * 1024
+        for _ in range(n):
+            writer.write(message)
+            await reader.readexactly(len(message))
+        writer.close()
+        await writer.wait_closed()
+        stop.set_result(None)
+        await server
+
+    return {"ready": ready, "sleep0": sleep0, "spawn": spawn, "wake": wake, "echo": echo}
 
 
 def _child(loop_name: str, op: str, n: int) -> None:

@@ -99,6 +99,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         "_reader_since",
         "_rx",
         "_timer",
+        "_timer_at",
         "_transport",
         "_wakeups",
         "_write_paused",
@@ -115,6 +116,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         # The read-timeout timer: at most one per connection, at or before the deadline of the
         # wait in progress (never per wait; see "Read timeouts" in the module memo).
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # its deadline, while there is one (asyncio's when() is a Python call)
         self._read_paused = False
         self._eof = False  # the peer shut down its sending side
         self._drop_input = False  # shutdown("receive") on our side
@@ -211,10 +213,11 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self._read_timeout = timeout
         if timeout is not None:
             timer = self._timer
-            if timer is None or timer.when() > since + timeout:  # none yet, or for a longer timeout
+            if timer is None or self._timer_at > since + timeout:  # none yet, or a later one
                 if timer is not None:
                     timer.cancel()
-                self._timer = self._loop.call_at(since + timeout, self._check_read_timeout)
+                at = self._timer_at = since + timeout
+                self._timer = self._loop.call_at(at, self._check_read_timeout)
         try:
             waiter.wait()
         finally:
@@ -235,6 +238,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                 ReadTimeout(f"no input for {timeout:g} s (the connection's read_timeout); nothing was lost")
             )
         else:
+            self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._check_read_timeout)
 
     def _cancel_timer(self) -> None:
