@@ -287,6 +287,8 @@ class Injector:
         self.fired = False
         self.cancel_taken: bool | None = None  # what Task.cancel() returned (mode "cancel")
         # (None: a cancel scheduled from the plumbing never ran, the loop was closed first)
+        # The cancel ran once the program's function had finished: too late to interrupt it.
+        self.cancel_late = False
 
     def _traced(self, frame: FrameType) -> bool:
         module = frame.f_globals.get("__name__", "")
@@ -323,6 +325,8 @@ class Injector:
                 # not call Task.cancel() there (that cancels the Future the Task waits on, maybe
                 # the one the line is completing); it schedules it, as _SigintHandler does.
                 def cancel() -> None:
+                    assert self.run is not None
+                    self.cancel_late = ("finally", self.run.root.id) in self.run.record
                     self.cancel_taken = main.cancel()
 
                 try:
@@ -395,7 +399,10 @@ def expected(outcome: Outcome, root: Step) -> str | None:
     if not injector.fired:
         return None if result == value else f"gb.run ended with {result!r} although nothing was injected"
     if injector.mode == "cancel":
-        if injector.cancel_taken:
+        # A cancel that reaches the main Task once the program's function has returned -- it
+        # had been resumed directly, and the Task has yet to take its outcome -- is too late to
+        # interrupt it: the result wins, the request is withdrawn (``_control._finish_in_task``).
+        if injector.cancel_taken and not injector.cancel_late:
             ok = isinstance(result, Raised) and issubclass(result.type, asyncio.CancelledError)
             want = "CancelledError"
         else:
@@ -470,6 +477,10 @@ EVERY_KIND = number(
 # raises there) left the outer one suspended for ever (see
 # test_ctrl_c_twice_inside_nested_protect_unwinds_every_level in test_interrupts.py).
 NESTED_PROTECT = number(Step("protect", children=(Step("protect", children=(Step("yield", arg=1),)),)))
+# Found by the long profile (an oracle's fault): a cancel that lands once the main fiber,
+# resumed directly, has returned is too late, and the program's result wins (on asyncio's loop,
+# fraction 0.6 of the plumbing's line events falls in that window).
+NAP = number(Step("nap", arg=1))
 
 
 @pytest.mark.timeout(300)
@@ -477,6 +488,7 @@ NESTED_PROTECT = number(Step("protect", children=(Step("protect", children=(Step
 @given(root=programs, scope=st.sampled_from(SCOPES), fraction=st.floats(0, 1), mode=st.sampled_from(MODES))
 @example(root=EVERY_KIND, scope="plumbing", fraction=0.5, mode="ctrl-c twice")
 @example(root=NESTED_PROTECT, scope="program", fraction=0.95, mode="ctrl-c twice")
+@example(root=NAP, scope="plumbing", fraction=0.6, mode="cancel")
 def test_an_interrupt_anywhere_ends_gb_run_as_asyncio_run_ends(
     root: Step, scope: str, fraction: float, mode: str, gb_backend: str
 ) -> None:
