@@ -37,7 +37,11 @@ __all__ = (
     "listen_unix",
 )
 
-DEFAULT_BACKLOG = 128
+# How many connections the kernel holds until they are accepted (capped by the system's
+# net.core.somaxconn). Once it is full the kernel drops new connections' SYNs, and a client only
+# retries after a second: a slowloris that reconnects whenever it is shed kept a backlog of 128
+# full and cost a real client that second. 2048 is also uvicorn's and gunicorn's default.
+DEFAULT_BACKLOG = 2048
 # The longest a TLS handshake may take, client or server side, unless told otherwise.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
@@ -352,8 +356,11 @@ def listen(
     handshake bounded by ``handshake_timeout`` seconds (default 10: a client that says nothing
     cannot hold a server's slot for asyncio's default minute).
 
-    Binds the first address ``host`` resolves to (``None``: all IPv4 interfaces), with
-    ``SO_REUSEADDR``, and ``SO_REUSEPORT`` when ``reuse_port``. Suspends while resolving (a
+    ``backlog``: how many connections the kernel holds until they are accepted (default 2048,
+    capped by the system's ``net.core.somaxconn``; once full, new connections' SYNs are dropped
+    and their clients retry a second later). Binds the first address ``host`` resolves to
+    (``None``: all IPv4 interfaces), with ``SO_REUSEADDR``, and ``SO_REUSEPORT`` when
+    ``reuse_port``. Suspends while resolving (a
     cancellation point). Raises ``OSError`` (e.g. ``EADDRINUSE``) when it cannot bind,
     ``ValueError`` for a ``handshake_timeout`` that is not > 0.
     """
