@@ -41,40 +41,20 @@ HERE = Path(__file__).resolve().parent.parent
 OPS = ("ready", "sleep0", "spawn", "wake", "echo")
 
 
-async def _ready() -> int:
-    return 1
-
-
-def _trivial() -> int:
-    return 1
-
-
-def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, None]]]:
+def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
     """The operations, each an ``async def`` that does it ``n`` times (imported late: the child
-    process imports the greenbridge of the tree it measures)."""
+    process imports the greenbridge of the tree it measures). ready, sleep0 and spawn are
+    ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
+    loop, so they cancel out with the rest of the start-up)."""
+    from bench_crossing import _timed_bridge
+
     import greenbridge as gb
     from greenbridge._waiter import Waiter
 
-    async def ready(n: int) -> None:
-        def body() -> None:
-            afg = gb.await_from_green
-            for _ in range(n):
-                afg(_ready())
+    bridge = {"spawn": gb.spawn_green, "await_": gb.await_from_green}
 
-        await gb.spawn_green(body)
-
-    async def sleep0(n: int) -> None:
-        def body() -> None:
-            afg, sleep = gb.await_from_green, asyncio.sleep
-            for _ in range(n):
-                afg(sleep(0))
-
-        await gb.spawn_green(body)
-
-    async def spawn(n: int) -> None:
-        sg = gb.spawn_green
-        for _ in range(n):
-            await sg(_trivial)
+    def crossing(op: str) -> Callable[[int], Coroutine[Any, Any, float]]:
+        return lambda n: _timed_bridge(bridge, op, n)
 
     async def wake(n: int) -> None:
         loop = asyncio.get_running_loop()
@@ -119,17 +99,20 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, None]]]:
         stop.set_result(None)
         await server
 
-    return {"ready": ready, "sleep0": sleep0, "spawn": spawn, "wake": wake, "echo": echo}
+    return {
+        "ready": crossing("await_ready"),
+        "sleep0": crossing("await_sleep0"),
+        "spawn": crossing("spawn"),
+        "wake": wake,
+        "echo": echo,
+    }
 
 
 def _child(loop_name: str, op: str, n: int) -> None:
     """Run ``op`` ``n`` times on a new loop of ``loop_name`` (in the process callgrind counts)."""
-    factory = None
-    if loop_name == "uvloop":
-        import uvloop
+    from bench_crossing import _loop_factory
 
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
         runner.run(_operations()[op](n))
 
 
