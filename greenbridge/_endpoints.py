@@ -360,9 +360,9 @@ def listen(
     capped by the system's ``net.core.somaxconn``; once full, new connections' SYNs are dropped
     and their clients retry a second later). Binds the first address ``host`` resolves to
     (``None``: all IPv4 interfaces), with ``SO_REUSEADDR``, and ``SO_REUSEPORT`` when
-    ``reuse_port``. Suspends while resolving (a
-    cancellation point). Raises ``OSError`` (e.g. ``EADDRINUSE``) when it cannot bind,
-    ``ValueError`` for a ``handshake_timeout`` that is not > 0.
+    ``reuse_port``. Suspends while resolving (a cancellation point). Raises ``OSError`` (e.g.
+    ``EADDRINUSE``) when it cannot bind, ``ValueError`` for a ``handshake_timeout`` that is not
+    > 0.
     """
     _check_handshake_timeout(handshake_timeout)
     infos = getaddrinfo(
