@@ -1,9 +1,13 @@
-/* Optional C accelerator for the hottest path of greenbridge: await_from_green in a fiber.
+/* Optional C accelerator for the hottest paths of greenbridge: await_from_green in a fiber, and
+ * (below, "Direct resumption") _control._park and _control._resume, the two steps of every
+ * direct resumption. Each does what the Python function it replaces does, which stays and is used
+ * when this module is missing or GREENBRIDGE_NO_SPEEDUPS=1 is set.
  *
- * It does exactly what the pure-Python implementation in _core.py does for the common case --
- * the caller is a fiber running inside its Task's step, the awaitable is a coroutine or has a
- * C-level __await__ -- and hands every other case to that implementation (``slow_path``):
- * foreign green contexts, directly resumed fibers, generator-based coroutines, errors.
+ * await_from_green does exactly what the pure-Python implementation in _core.py does for the
+ * common case -- the caller is a fiber running inside its Task's step, the awaitable is a
+ * coroutine or has a C-level __await__ -- and hands every other case to that implementation
+ * (``slow_path``): foreign green contexts, directly resumed fibers, generator-based coroutines,
+ * errors.
  *
  * Why C: stepping an awaitable from Python ends every await in a StopIteration and costs a few
  * dozen bytecodes; PyIter_Send reports the return value without raising. Nothing else differs:
@@ -16,7 +20,8 @@
  * a step of its own Task (under an eager task factory a Task created in green code takes its first
  * step on the fiber's stack); it reads the fiber's ``_direct`` and ``_task`` slots in place.
  *
- * The module holds no state but the objects _core gives it in init(); it never owns a fiber.
+ * The module holds no state but the objects _core and _control give it in init() and
+ * init_control(); it never owns a fiber.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -336,16 +341,377 @@ init(PyObject *module, PyObject *args)
     return func;
 }
 
+/* -- Direct resumption: _control._park and _control._resume in C ------------------------------
+ *
+ * The same steps as the Python functions in _control.py, in the same order (read their docstrings
+ * and that module's memo: rules 1, 3, 5 and 7). Each runs on every direct resumption -- a read
+ * woken by its transport costs one of each -- and the interpreter's share of them is what this
+ * saves. Being C, neither can be interrupted between two of its steps: a KeyboardInterrupt can
+ * land only in Python code the fiber runs after the switch, whose frames the SIGINT handler
+ * inspects as before (_control._ki_protected).
+ */
+static PyObject *parked, *woken;          /* _control._PARKED, _control._WOKEN */
+static PyObject *pass_to_driver;         /* _control._pass_to_driver */
+static PyObject *enter_task, *leave_task; /* asyncio.tasks._enter_task, _leave_task */
+static PyObject *swap_current_task;      /* asyncio.tasks._swap_current_task; NULL before 3.12 */
+static PyObject *get_running_loop;       /* asyncio.get_running_loop (raises outside a loop) */
+static PyObject *str_park, *str_done, *str_get_loop, *str_set_result, *str_create_future;
+static Py_ssize_t park_offset;           /* where _Fiber keeps ``_park`` */
+
+/* Store ``value`` in the _Fiber slot at ``offset`` (what assigning the attribute does). */
+static void
+fiber_set(PyObject *fiber, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)fiber + offset);
+    Py_XSETREF(*slot, Py_NewRef(value));
+}
+
+static int
+check_fiber(PyObject *fiber)
+{
+    if ((PyObject *)Py_TYPE(fiber) != fiber_type) {
+        PyErr_Format(PyExc_TypeError, "expected a greenbridge fiber, got %.100s",
+                     Py_TYPE(fiber)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+call_method0(PyObject *obj, PyObject *name)
+{
+    PyObject *args[1] = {obj};
+    return PyObject_VectorcallMethod(name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *
+call2(PyObject *fn, PyObject *a, PyObject *b)
+{
+    PyObject *args[2] = {a, b};
+    return PyObject_Vectorcall(fn, args, 2, NULL);
+}
+
+/* 1 when future.done(), 0 when not, -1 on error. */
+static int
+future_done(PyObject *future)
+{
+    PyObject *done = call_method0(future, str_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int res = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    return res;
+}
+
+/* fiber._direct = fiber.parent.switch(value) is _WOKEN, and False when the switch raises. */
+static PyObject *
+switch_to_parent(PyObject *fiber, PyObject *value)
+{
+    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    if (parent == NULL) {
+        return NULL;
+    }
+    PyObject *sent = PyObject_CallMethodOneArg(parent, str_switch, value);
+    Py_DECREF(parent);
+    if (sent == NULL) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        fiber_set(fiber, direct_offset, Py_False);
+        PyErr_Restore(type, exc, tb);
+        return NULL;
+    }
+    fiber_set(fiber, direct_offset, sent == woken ? Py_True : Py_False);
+    Py_DECREF(sent);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+park(PyObject *module, PyObject *fiber)
+{
+    if (check_fiber(fiber) < 0) {
+        return NULL;
+    }
+    PyObject *direct = fiber_slot(fiber, direct_offset, str_direct);
+    if (direct == NULL) {
+        return NULL;
+    }
+    int is_direct = PyObject_IsTrue(direct);
+    Py_DECREF(direct);
+    if (is_direct < 0) {
+        return NULL;
+    }
+    PyObject *future = fiber_slot(fiber, park_offset, str_park);
+    if (future == NULL) {
+        return NULL;
+    }
+    if (is_direct) {
+        if (future == Py_None) {
+            Py_DECREF(future);
+            PyErr_SetString(PyExc_AssertionError, "a directly resumed fiber has no park Future");
+            return NULL;
+        }
+        int done = future_done(future);
+        Py_DECREF(future);
+        if (done < 0) {
+            return NULL;
+        }
+        if (done) {
+            /* Cancelled while we ran outside the Task: let the Task deliver it. */
+            fiber_set(fiber, direct_offset, Py_False);
+        }
+        return switch_to_parent(fiber, parked);
+    }
+    int fresh = future == Py_None;
+    if (!fresh && (fresh = future_done(future)) < 0) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    if (fresh) {
+        Py_DECREF(future);
+        PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+        if (loop == NULL) {
+            return NULL;
+        }
+        future = call_method0(loop, str_create_future);
+        if (future == NULL) {
+            Py_DECREF(loop);
+            return NULL;
+        }
+        fiber_set(fiber, park_offset, future);
+        PyObject *task = PyObject_CallOneArg(task_of, loop);
+        Py_DECREF(loop);
+        if (task == NULL) {
+            Py_DECREF(future);
+            return NULL;
+        }
+        fiber_set(fiber, task_offset, task);
+        Py_DECREF(task);
+    }
+    if (PyObject_SetAttr(future, str_blocking, Py_True) < 0) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    PyObject *res = switch_to_parent(fiber, future);
+    Py_DECREF(future);
+    return res;
+}
+
+/* Make ``waker_task`` current again on ``loop`` after the fiber ran as ``task``. An exception
+   already raised (the fiber's) is kept: when the restoring fails too, its error is raised with
+   the first as __context__, as a failing ``finally`` block would. -1 when an exception is set. */
+static int
+restore_task(PyObject *loop, PyObject *task, PyObject *waker_task)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *r;
+    if (swap_current_task != NULL) {
+        r = call2(swap_current_task, loop, waker_task);
+    }
+    else {
+        r = call2(leave_task, loop, task);
+        if (r != NULL && waker_task != Py_None) {
+            Py_DECREF(r);
+            r = call2(enter_task, loop, waker_task);
+        }
+    }
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_Restore(type, exc, tb);
+        return exc == NULL ? 0 : -1;
+    }
+    if (exc != NULL) {
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb != NULL) {
+            PyException_SetTraceback(exc, tb);
+        }
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        PyObject *type2, *exc2, *tb2;
+        PyErr_Fetch(&type2, &exc2, &tb2);
+        PyErr_NormalizeException(&type2, &exc2, &tb2);
+        PyException_SetContext(exc2, exc);  /* steals exc */
+        PyErr_Restore(type2, exc2, tb2);
+    }
+    return -1;
+}
+
+/* The fiber's Task becomes current on ``loop`` in place of the waker's; the waker's Task (or
+   None) as a new reference, NULL on error with nothing changed. */
+static PyObject *
+enter_fiber_task(PyObject *loop, PyObject *task)
+{
+    if (swap_current_task != NULL) {  /* Python >= 3.12: one call each way */
+        return call2(swap_current_task, loop, task);
+    }
+    PyObject *waker_task = PyObject_CallOneArg(task_of, loop);
+    if (waker_task == NULL) {
+        return NULL;
+    }
+    PyObject *r;
+    if (waker_task != Py_None) {
+        if ((r = call2(leave_task, loop, waker_task)) == NULL) {
+            Py_DECREF(waker_task);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if ((r = call2(enter_task, loop, task)) == NULL) {
+        if (waker_task != Py_None) {  /* put the waker's Task back before failing */
+            PyObject *type, *exc, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            PyObject *back = call2(enter_task, loop, waker_task);
+            if (back == NULL) {
+                PyErr_Clear();
+            }
+            Py_XDECREF(back);
+            PyErr_Restore(type, exc, tb);
+        }
+        Py_DECREF(waker_task);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return waker_task;
+}
+
+static PyObject *
+resume(PyObject *module, PyObject *fiber)
+{
+    if (check_fiber(fiber) < 0) {
+        return NULL;
+    }
+    PyObject *future = fiber_slot(fiber, park_offset, str_park);
+    if (future == NULL) {
+        return NULL;
+    }
+    int done = future == Py_None ? 1 : future_done(future);
+    if (done) {
+        Py_DECREF(future);
+        if (done < 0) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    PyObject *waker = PyObject_CallNoArgs(getcurrent);
+    PyObject *parent = waker ? PyObject_GetAttr(fiber, str_parent) : NULL;
+    if (parent == NULL) {
+        Py_XDECREF(waker);
+        Py_DECREF(future);
+        return NULL;
+    }
+    /* Only identities are compared: the fiber holds its parent, the caller is running. */
+    Py_DECREF(parent);
+    Py_DECREF(waker);
+    if (waker != parent || (PyObject *)Py_TYPE(waker) == fiber_type) {
+        /* Not from the parent, or the parent is a fiber (rule 1): through the fiber's Task. */
+        fiber_set(fiber, direct_offset, Py_False);
+        PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, Py_None);
+        Py_DECREF(future);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+        Py_RETURN_TRUE;
+    }
+    /* The fiber runs as its own Task, as far as asyncio.current_task() can tell, for as long as
+       it runs here; whatever Task the waker runs in is current again afterwards. */
+    PyObject *loop = call_method0(future, str_get_loop);
+    Py_DECREF(future);
+    if (loop == NULL) {
+        return NULL;
+    }
+    PyObject *task = fiber_slot(fiber, task_offset, str_task);
+    if (task == NULL || task == Py_None) {
+        if (task != NULL) {  /* recorded by _park, which created the Future inside the Task */
+            Py_DECREF(task);
+            PyErr_SetString(PyExc_AssertionError, "a parked fiber has no Task");
+        }
+        Py_DECREF(loop);
+        return NULL;
+    }
+    PyObject *waker_task = enter_fiber_task(loop, task);
+    if (waker_task == NULL) {
+        Py_DECREF(task);
+        Py_DECREF(loop);
+        return NULL;
+    }
+    fiber_set(fiber, direct_offset, Py_True);
+    PyObject *out = PyObject_CallMethodOneArg(fiber, str_switch, woken);
+    int failed = restore_task(loop, task, waker_task);
+    Py_DECREF(waker_task);
+    Py_DECREF(task);
+    Py_DECREF(loop);
+    if (failed) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    if (out != parked) {
+        /* The foreign convention: the fiber switched to us with an awaitable for its driver. */
+        PyObject *r = call2(pass_to_driver, fiber, out);
+        Py_DECREF(out);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    else {
+        Py_DECREF(out);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+init_control(PyObject *module, PyObject *args)
+{
+    PyObject *fiber, *current, *p, *w, *pass, *of, *enter, *leave, *swap, *running;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO:init_control", &fiber, &current, &p, &w, &pass, &of,
+                          &enter, &leave, &swap, &running)) {
+        return NULL;
+    }
+    if ((direct_offset = slot_offset(fiber, "_direct")) < 0
+        || (task_offset = slot_offset(fiber, "_task")) < 0
+        || (park_offset = slot_offset(fiber, "_park")) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(fiber_type, Py_NewRef(fiber));
+    Py_XSETREF(getcurrent, Py_NewRef(current));
+    Py_XSETREF(parked, Py_NewRef(p));
+    Py_XSETREF(woken, Py_NewRef(w));
+    Py_XSETREF(pass_to_driver, Py_NewRef(pass));
+    Py_XSETREF(task_of, Py_NewRef(of));
+    Py_XSETREF(enter_task, Py_NewRef(enter));
+    Py_XSETREF(leave_task, Py_NewRef(leave));
+    Py_XSETREF(swap_current_task, swap == Py_None ? NULL : Py_NewRef(swap));
+    Py_XSETREF(get_running_loop, Py_NewRef(running));
+    PyObject *park_fn = PyObject_GetAttrString(module, "park");
+    PyObject *resume_fn = park_fn ? PyObject_GetAttrString(module, "resume") : NULL;
+    if (resume_fn == NULL) {
+        Py_XDECREF(park_fn);
+        return NULL;
+    }
+    PyObject *res = PyTuple_Pack(2, park_fn, resume_fn);
+    Py_DECREF(park_fn);
+    Py_DECREF(resume_fn);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
      "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
      "task_of) -> the C await_from_green"},
+    {"init_control", init_control, METH_VARARGS,
+     "init_control(fiber_type, getcurrent, parked, woken, pass_to_driver, task_of, enter_task, "
+     "leave_task, swap_current_task or None, get_running_loop) -> (park, resume)"},
+    {"park", park, METH_O, "_control._park in C (call init_control first)"},
+    {"resume", resume, METH_O, "_control._resume in C (call init_control first)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "greenbridge._speedups",
-    "Optional C accelerator for await_from_green (see the comment at the top of the source).",
+    "Optional C accelerator for await_from_green, _park and _resume (see the comment at the top "
+    "of the source).",
     -1, methods,
 };
 
@@ -359,8 +725,14 @@ PyInit__speedups(void)
     str_throw = PyUnicode_InternFromString("throw");
     str_value = PyUnicode_InternFromString("value");
     str_task = PyUnicode_InternFromString("_task");
+    str_park = PyUnicode_InternFromString("_park");
+    str_done = PyUnicode_InternFromString("done");
+    str_get_loop = PyUnicode_InternFromString("get_loop");
+    str_set_result = PyUnicode_InternFromString("set_result");
+    str_create_future = PyUnicode_InternFromString("create_future");
     if (!str_direct || !str_blocking || !str_parent || !str_switch || !str_throw || !str_value
-        || !str_task) {
+        || !str_task || !str_park || !str_done || !str_get_loop || !str_set_result
+        || !str_create_future) {
         return NULL;
     }
     return PyModule_Create(&module_def);

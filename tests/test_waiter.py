@@ -302,3 +302,22 @@ def test_direct_resumption_from_inside_another_task_restores_that_task(run_async
 
     run_async(main)
     assert seen[0] is seen[1]
+
+
+def test_the_c_park_and_resume_are_used_exactly_when_the_accelerator_is() -> None:
+    """``_control`` and ``_core`` take their C functions together, or neither does (the
+    GREENBRIDGE_NO_SPEEDUPS=1 environment and a missing build run the Python ones)."""
+    from greenbridge import _control, _core
+
+    in_c = _control._park is not _control._park_py
+    assert in_c == (_control._resume is not _control._resume_py) == _core.SPEEDUPS
+
+
+def test_park_and_resume_refuse_what_is_not_a_fiber_and_change_nothing() -> None:
+    from greenbridge import _control
+
+    waiter = Waiter()
+    for function in (_control._park, _control._resume):
+        with pytest.raises((TypeError, AttributeError)):
+            function(waiter)  # type: ignore[arg-type]
+    assert not waiter.done()
