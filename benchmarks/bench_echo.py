@@ -125,34 +125,38 @@ def serve_plain_protocol(loop_name: str) -> None:
         runner.run(main())
 
 
+class BufferedEcho(asyncio.BufferedProtocol):
+    """The ceiling's protocol: the transport reads into one preallocated buffer per connection
+    and ``buffer_updated`` writes a view of it back (``bench_instructions`` uses it too)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.buffer = memoryview(bytearray(BUFFER_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(self.buffer[:nbytes])
+        if self.transport.get_write_buffer_size():
+            # Not all sent: the transport may keep the view of the unsent bytes (uvloop does, so
+            # does asyncio's since 3.12), so the next read must not overwrite them.
+            self.buffer = memoryview(bytearray(BUFFER_SIZE))
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
 def serve_buffered_protocol(loop_name: str) -> None:
     """The ceiling: the transport reads into one preallocated buffer per connection and the
     server writes a view of it back -- no allocation and no copy of the data per read (the
     cheapest echo the loop can do, and what greenbridge's connections are built on)."""
 
-    class Echo(asyncio.BufferedProtocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport: Any = transport
-            self.buffer = memoryview(bytearray(BUFFER_SIZE))
-
-        def get_buffer(self, sizehint: int) -> memoryview:
-            return self.buffer
-
-        def buffer_updated(self, nbytes: int) -> None:
-            self.transport.write(self.buffer[:nbytes])
-            if self.transport.get_write_buffer_size():
-                # Not all sent: the transport may keep the view of the unsent bytes (uvloop does,
-                # so does asyncio's since 3.12), so the next read must not overwrite them.
-                self.buffer = memoryview(bytearray(BUFFER_SIZE))
-
-        def pause_writing(self) -> None:
-            self.transport.pause_reading()
-
-        def resume_writing(self) -> None:
-            self.transport.resume_reading()
-
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Echo, HOST, 0, backlog=1024)
+        server = await asyncio.get_running_loop().create_server(BufferedEcho, HOST, 0, backlog=1024)
         _announce(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 

@@ -6,7 +6,7 @@ user-space instructions a run executes, the same for the same binary and inputs 
 the machine does. Each figure is the difference between a run of N2 operations and one of N1,
 divided by N2 - N1, so start-up, imports and the loop's creation cancel out.
 
-Four operations, on each loop:
+Five operations, on each loop (the default):
 
   ready   -- green code awaits a coroutine that returns at once (no suspension)
   sleep0  -- green code awaits ``asyncio.sleep(0)`` (one suspension, one loop iteration)
@@ -16,7 +16,21 @@ Four operations, on each loop:
              handler (``conn.read`` / ``conn.write``) on the same loop; the client's share is the
              same code in every tree, so a change is the server's
 
-    python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0]
+and, to bound what the echo can reach, the same client against other servers (``--ops all``):
+
+  echo-noidle   -- ``run_server`` with ``idle_timeout=None`` (no read timer armed)
+  echo-greenlet -- the floor of any direct-style server: the ceiling's protocol, whose
+                   ``buffer_updated`` switches into a plain greenlet that writes the bytes back
+                   and switches out again (two switches a round trip, no Task, no wait queue)
+  echo-ceiling  -- the ceiling: a raw ``asyncio.BufferedProtocol`` writing back from
+                   ``buffer_updated`` (``bench_echo``'s)
+  echo-ceiling-timer -- the same with one timer pending on the loop (an hour away), as any
+                   server with a timeout has: what a pending timer costs the loop itself
+
+The server's share of a round trip is the op's figure minus the client's, which is the same in
+all of them; the differences between them are the servers' own.
+
+    python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0 | all]
     python benchmarks/bench_instructions.py --against DIR   # DIR: another checkout, e.g. a tag
 
 ``--against`` measures the same operations with the greenbridge found in DIR (a source tree
@@ -39,6 +53,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 OPS = ("ready", "sleep0", "spawn", "wake", "echo")
+ECHO_BOUNDS = ("echo-noidle", "echo-greenlet", "echo-ceiling", "echo-ceiling-timer")
 
 
 def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
@@ -47,6 +62,8 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
     ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
     loop, so they cancel out with the rest of the start-up)."""
     from bench_crossing import _timed_bridge
+    from bench_echo import BufferedEcho
+    from greenlet import greenlet
 
     import greenbridge as gb
     from greenbridge._waiter import Waiter
@@ -72,39 +89,81 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
 
         await gb.spawn_green(body)
 
-    async def echo(n: int) -> None:
-        from greenbridge import net
-
-        loop = asyncio.get_running_loop()
-        port: asyncio.Future[int] = loop.create_future()
-        stop: asyncio.Future[None] = loop.create_future()
-
-        def handle(conn: net.Connection, addr: Any) -> None:
-            while data := conn.read():
-                conn.write(data)
-
-        def serve() -> None:
-            with net.listen("127.0.0.1", 0) as listener:
-                port.set_result(listener.address[1])
-                net.run_server(listener, handle, stop=stop)
-
-        server = asyncio.ensure_future(gb.spawn_green(serve))
-        reader, writer = await asyncio.open_connection("127.0.0.1", await port)
+    async def client(port: int, n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         message = b"x" * 1024
         for _ in range(n):
             writer.write(message)
             await reader.readexactly(len(message))
         writer.close()
         await writer.wait_closed()
-        stop.set_result(None)
-        await server
+
+    def echo_with(**options: Any) -> Callable[[int], Coroutine[Any, Any, None]]:
+        async def echo(n: int) -> None:
+            from greenbridge import net
+
+            loop = asyncio.get_running_loop()
+            port: asyncio.Future[int] = loop.create_future()
+            stop: asyncio.Future[None] = loop.create_future()
+
+            def handle(conn: net.Connection, addr: Any) -> None:
+                while data := conn.read():
+                    conn.write(data)
+
+            def serve() -> None:
+                with net.listen("127.0.0.1", 0) as listener:
+                    port.set_result(listener.address[1])
+                    net.run_server(listener, handle, stop=stop, **options)
+
+            server = asyncio.ensure_future(gb.spawn_green(serve))
+            await client(await port, n)
+            stop.set_result(None)
+            await server
+
+        return echo
+
+    async def echo_protocol(
+        protocol: Callable[[], asyncio.BaseProtocol], n: int, timer: bool = False
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        pending = loop.call_later(3600, lambda: None) if timer else None
+        await client(server.sockets[0].getsockname()[1], n)
+        if pending is not None:
+            pending.cancel()
+        server.close()
+        await server.wait_closed()
+
+    class GreenletEcho(BufferedEcho):
+        """The ceiling's protocol with the bytes written back from a greenlet of its own."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.nbytes = 0
+            self.handler = greenlet(self.handle)
+            self.handler.switch()  # runs to its first switch out
+
+        def handle(self) -> None:
+            parent = self.handler.parent
+            assert parent is not None
+            while True:
+                parent.switch()
+                BufferedEcho.buffer_updated(self, self.nbytes)
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.nbytes = nbytes
+            self.handler.switch()
 
     return {
         "ready": crossing("await_ready"),
         "sleep0": crossing("await_sleep0"),
         "spawn": crossing("spawn"),
         "wake": wake,
-        "echo": echo,
+        "echo": echo_with(),
+        "echo-noidle": echo_with(idle_timeout=None),
+        "echo-greenlet": lambda n: echo_protocol(GreenletEcho, n),
+        "echo-ceiling": lambda n: echo_protocol(BufferedEcho, n),
+        "echo-ceiling-timer": lambda n: echo_protocol(BufferedEcho, n, timer=True),
     }
 
 
@@ -142,7 +201,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--loops", default="asyncio,uvloop")
-    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--ops", default=",".join(OPS), help="a comma-separated list, or all")
     parser.add_argument("--n1", type=int, default=4000)
     parser.add_argument("--n2", type=int, default=16000)
     parser.add_argument("--against", type=Path, help="another source tree to compare with")
@@ -153,18 +212,18 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         sys.exit("bench_instructions needs valgrind (Debian: apt-get install valgrind)")
-    ops = args.ops.split(",")
-    unknown = set(ops) - set(OPS)
+    ops = OPS + ECHO_BOUNDS if args.ops == "all" else tuple(args.ops.split(","))
+    unknown = set(ops) - set(OPS + ECHO_BOUNDS)
     if unknown or args.n2 <= args.n1:
-        sys.exit(f"--ops takes {', '.join(OPS)}; --n2 must exceed --n1")
+        sys.exit(f"--ops takes {', '.join(OPS + ECHO_BOUNDS)} or all; --n2 must exceed --n1")
     trees = [HERE] if args.against is None else [args.against.resolve(), HERE]
     print(f"instructions per operation (callgrind, N = {args.n1} and {args.n2})")
-    header = "loop     op      " + "".join(f"{tree.name[:14]:>16}" for tree in trees)
+    header = "loop     op                 " + "".join(f"{tree.name[:14]:>16}" for tree in trees)
     print(header + ("    change" if len(trees) == 2 else ""), flush=True)
     for loop_name in args.loops.split(","):
         for op in ops:
             figures = [per_op(tree, loop_name, op, args.n1, args.n2) for tree in trees]
-            line = f"{loop_name:8} {op:7} " + "".join(f"{figure:16,.0f}" for figure in figures)
+            line = f"{loop_name:8} {op:18} " + "".join(f"{figure:16,.0f}" for figure in figures)
             if len(figures) == 2:
                 line += f"  {(figures[1] / figures[0] - 1) * 100:+7.1f} %"
             print(line, flush=True)
