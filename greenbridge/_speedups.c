@@ -599,12 +599,11 @@ rb_read_into_slow(ReceiveBufferObject *self, PyObject *out)
     Py_XDECREF(slice);
     Py_XDECREF(stop);
     Py_XDECREF(src);
-    Py_DECREF(view);
-    if (rc < 0) {
-        return NULL;
+    if (rc == 0) {
+        rb_consumed(self, start + n);
     }
-    rb_consumed(self, start + n);
-    return PyLong_FromSsize_t(n);
+    Py_DECREF(view);  /* last: a Python exporter's __release_buffer__ may use self */
+    return rc == 0 ? PyLong_FromSsize_t(n) : NULL;
 }
 
 static PyObject *
