@@ -16,7 +16,7 @@ little (a server under a slowloris: thousands of connections that each hold one 
   time a receive used less than a quarter of it, down to ``MIN_CAPACITY``, and doubles again
   each time the transport fills all of it (more is coming).
 * When a reader empties a buffer larger than ``MIN_CAPACITY`` and the last receive did not fill
-  its room (the burst is over), the memory is released; the next receive allocates afresh. A
+  its room (the burst is over), the memory is given back; the next receive allocates afresh. A
   buffer of at most ``MIN_CAPACITY`` is kept: small messages (a request, an echo) then cost no
   allocation at all once the size has settled.
 
@@ -83,7 +83,7 @@ class PyReceiveBuffer:
         self._view = memoryview(_EMPTY)
         self._start = 0
         self._end = 0
-        self.buffered = 0  # read it, never set it: see the invariants
+        self.buffered = 0  # read it, never set it: see the invariants (read-only in C)
         self._capacity = self._limit
         self._offered = 0  # the length of the room last offered and not reported yet
         self._last_full = False  # the last receive filled all the room it was offered
