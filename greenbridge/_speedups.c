@@ -1,7 +1,8 @@
 /* Optional C accelerator for the hottest paths of greenbridge: await_from_green in a fiber, and
  * (below, "Direct resumption") _control._park and _control._resume, the two steps of every
- * direct resumption. Each does what the Python function it replaces does, which stays and is used
- * when this module is missing or GREENBRIDGE_NO_SPEEDUPS=1 is set.
+ * direct resumption; and (at the end) a connection's receive buffer, _receive_buffer's class.
+ * Each does what the Python code it replaces does, which stays and is used when this module is
+ * missing or GREENBRIDGE_NO_SPEEDUPS=1 is set.
  *
  * await_from_green does exactly what the pure-Python implementation in _core.py does for the
  * common case -- the caller is a fiber running inside its Task's step, the awaitable is a
@@ -696,6 +697,397 @@ init_control(PyObject *module, PyObject *args)
     return res;
 }
 
+/* -- The receive buffer: _receive_buffer.ReceiveBuffer in C -- */
+
+/* The same class as _receive_buffer.PyReceiveBuffer, with the same allocation policy and
+ * invariants (see that module's memo); only the representation differs.
+ *
+ * Memory safety. The bytes live in a bytearray that is never resized, only replaced (as in
+ * Python), and room() hands out memoryviews of it: a view keeps the bytearray alive, so memory a
+ * transport still holds a view of (uvloop keeps a Py_buffer of the room until buffer_updated has
+ * returned) is never freed or moved. Giving memory back or growing only drops this object's
+ * references. Compaction moves bytes inside the same bytearray, as the Python version does.
+ * ``filled`` accepts at most the length of the room last offered, and that offer is withdrawn
+ * once reported or once the buffer empties, so ``end`` never passes the bytearray's end: every
+ * copy out of ``buf`` stays inside it. */
+
+#include <stddef.h>  /* offsetof */
+#ifndef Py_T_PYSSIZET  /* Python 3.11 */
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
+
+#define RB_MIN_CAPACITY 4096  /* _receive_buffer.MIN_CAPACITY */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buf;         /* a bytearray, never resized, or NULL when nothing is allocated */
+    PyObject *view;        /* memoryview(buf), or NULL with buf */
+    Py_ssize_t size;       /* len(buf), 0 without one */
+    Py_ssize_t start, end; /* the unread bytes: buf[start:end]; both 0 when empty */
+    Py_ssize_t buffered;   /* end - start */
+    Py_ssize_t capacity;   /* the size of the next allocation */
+    Py_ssize_t limit;      /* max(limit, MIN_CAPACITY) */
+    Py_ssize_t offered;    /* the length of the room last offered and not reported yet */
+    int last_full;         /* the last receive filled all the room it was offered */
+} ReceiveBufferObject;
+
+#define RB_BYTES(self) PyByteArray_AS_STRING((self)->buf)
+
+/* view[lo:hi], a new memoryview sharing view's buffer. */
+static PyObject *
+rb_slice(PyObject *view, Py_ssize_t lo, Py_ssize_t hi)
+{
+    PyObject *a = PyLong_FromSsize_t(lo);
+    PyObject *b = a ? PyLong_FromSsize_t(hi) : NULL;
+    PyObject *slice = b ? PySlice_New(a, b, NULL) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (slice == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_GetItem(view, slice);
+    Py_DECREF(slice);
+    return res;
+}
+
+/* A zeroed bytearray of ``size`` bytes and its view, the first ``keep`` bytes copied from
+   ``src``; they replace the current ones. */
+static int
+rb_replace(ReceiveBufferObject *self, Py_ssize_t size, const char *src, Py_ssize_t keep)
+{
+    PyObject *buf = PyByteArray_FromStringAndSize(NULL, size);
+    if (buf == NULL) {
+        return -1;
+    }
+    char *bytes = PyByteArray_AS_STRING(buf);
+    if (keep > 0) {
+        memcpy(bytes, src, keep);
+    }
+    memset(bytes + keep, 0, size - keep);  /* as bytearray(size): no stale heap in the room */
+    PyObject *view = PyMemoryView_FromObject(buf);
+    if (view == NULL) {
+        Py_DECREF(buf);
+        return -1;
+    }
+    Py_XSETREF(self->view, view);
+    Py_XSETREF(self->buf, buf);
+    self->size = size;
+    return 0;
+}
+
+static void
+rb_release(ReceiveBufferObject *self)
+{
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->buf);
+    self->size = 0;
+}
+
+/* A usable buffer even when __init__ is skipped (``ReceiveBuffer.__new__``): as limit 0. */
+static PyObject *
+rb_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ReceiveBufferObject *self = (ReceiveBufferObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->limit = self->capacity = RB_MIN_CAPACITY;
+    }
+    return (PyObject *)self;
+}
+
+static int
+rb_init(ReceiveBufferObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"limit", NULL};
+    PyObject *arg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:ReceiveBuffer", kwlist, &arg)) {
+        return -1;
+    }
+    Py_ssize_t limit = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (limit == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    rb_release(self);
+    self->limit = Py_MAX(limit, RB_MIN_CAPACITY);
+    self->start = self->end = self->buffered = 0;
+    self->capacity = self->limit;
+    self->offered = 0;
+    self->last_full = 0;
+    return 0;
+}
+
+static void
+rb_dealloc(ReceiveBufferObject *self)
+{
+    rb_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+rb_length(ReceiveBufferObject *self)
+{
+    return self->buffered;
+}
+
+static PyObject *
+rb_allocated(ReceiveBufferObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->size);
+}
+
+/* _make_room: grow, or move the unread bytes to the front. */
+static int
+rb_make_room(ReceiveBufferObject *self)
+{
+    Py_ssize_t start = self->start, size = self->size;
+    Py_ssize_t unread = self->end - start;
+    if (unread > size / 2 && (size < self->limit || unread == size)) {
+        if (size > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Py_ssize_t new_size = size < self->limit
+            ? Py_MIN(Py_MAX(self->capacity, 2 * size), self->limit) : 2 * size;
+        if (rb_replace(self, new_size, RB_BYTES(self) + start, unread) < 0) {
+            return -1;
+        }
+    }
+    else if (start > 0) {
+        memmove(RB_BYTES(self), RB_BYTES(self) + start, unread);
+    }
+    self->start = 0;
+    self->end = unread;
+    return 0;
+}
+
+static PyObject *
+rb_room(ReceiveBufferObject *self, PyObject *unused)
+{
+    Py_ssize_t end = self->end;
+    PyObject *room;
+    if (end == 0) {
+        if (self->size != self->capacity && (self->size < self->capacity || !self->last_full)) {
+            if (rb_replace(self, self->capacity, NULL, 0) < 0) {
+                return NULL;
+            }
+        }
+        room = Py_NewRef(self->view);
+    }
+    else {
+        if (self->size - end < Py_MAX(self->size / 4, 1)) {
+            if (rb_make_room(self) < 0) {
+                return NULL;
+            }
+            end = self->end;
+        }
+        room = rb_slice(self->view, end, self->size);
+        if (room == NULL) {
+            return NULL;
+        }
+    }
+    self->offered = self->size - end;
+    return room;
+}
+
+static PyObject *
+rb_filled(ReceiveBufferObject *self, PyObject *arg)
+{
+    Py_ssize_t nbytes = PyNumber_AsSsize_t(arg, NULL);  /* clamped: out of range below */
+    if (nbytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t offered = self->offered;
+    if (nbytes < 0 || nbytes > offered) {
+        PyErr_Format(PyExc_ValueError,
+                     "filled(%R): the transport can have written 0 to %zd bytes, the room "
+                     "room() last offered and not reported yet", arg, offered);
+        return NULL;
+    }
+    self->offered = 0;
+    self->end += nbytes;
+    self->buffered += nbytes;
+    int full = self->last_full = nbytes >= offered;
+    Py_ssize_t capacity = self->capacity;
+    if (full) {
+        if (capacity < self->limit) {
+            self->capacity = Py_MIN(2 * capacity, self->limit);
+        }
+    }
+    else if (nbytes < capacity / 4 && capacity > RB_MIN_CAPACITY) {
+        self->capacity = capacity / 2;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _consumed: the unread bytes now start at ``start``. */
+static void
+rb_consumed(ReceiveBufferObject *self, Py_ssize_t start)
+{
+    if (start < self->end) {
+        self->start = start;
+        self->buffered = self->end - start;
+        return;
+    }
+    self->start = self->end = self->buffered = 0;
+    self->offered = 0;  /* a room offered before points past the new end */
+    if (self->size > RB_MIN_CAPACITY && !self->last_full) {
+        rb_release(self);  /* the burst is over: give the memory back */
+    }
+}
+
+/* read_into for what the fast path does not take: the Python version's steps, so that its
+   errors are raised (read-only, other formats, not a buffer) and strided views are written. */
+static PyObject *
+rb_read_into_slow(ReceiveBufferObject *self, PyObject *out)
+{
+    PyObject *view = Py_IS_TYPE(out, &PyMemoryView_Type) ? Py_NewRef(out)
+                                                         : PyMemoryView_FromObject(out);
+    if (view == NULL) {
+        return NULL;
+    }
+    Py_ssize_t len = PyObject_Length(view);
+    if (len < 0) {
+        Py_DECREF(view);
+        return NULL;
+    }
+    Py_ssize_t start = self->start;
+    Py_ssize_t n = Py_MIN(len, self->end - start);
+    PyObject *src = self->view != NULL ? rb_slice(self->view, start, start + n)
+                                       : PyMemoryView_FromMemory((char *)"", 0, PyBUF_READ);
+    PyObject *stop = src != NULL ? PyLong_FromSsize_t(n) : NULL;
+    PyObject *slice = stop != NULL ? PySlice_New(Py_None, stop, NULL) : NULL;
+    int rc = slice != NULL ? PyObject_SetItem(view, slice, src) : -1;
+    Py_XDECREF(slice);
+    Py_XDECREF(stop);
+    Py_XDECREF(src);
+    if (rc == 0) {
+        rb_consumed(self, start + n);
+    }
+    Py_DECREF(view);  /* last: a Python exporter's __release_buffer__ may use self */
+    return rc == 0 ? PyLong_FromSsize_t(n) : NULL;
+}
+
+static PyObject *
+rb_read_into(ReceiveBufferObject *self, PyObject *out)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(out, &b, PyBUF_FULL_RO) < 0) {
+        PyErr_Clear();  /* the slow path raises the Python version's error */
+        return rb_read_into_slow(self, out);
+    }
+    if (b.readonly || b.ndim != 1 || b.itemsize != 1
+        || (b.format != NULL && strcmp(b.format, "B") != 0 && strcmp(b.format, "@B") != 0)
+        || !PyBuffer_IsContiguous(&b, 'C')) {
+        PyBuffer_Release(&b);
+        return rb_read_into_slow(self, out);
+    }
+    /* Read the indices only now: a Python exporter's __buffer__ may have run. */
+    Py_ssize_t start = self->start;
+    Py_ssize_t n = Py_MIN(b.len, self->end - start);
+    if (n > 0) {
+        memmove(b.buf, RB_BYTES(self) + start, n);  /* ``out`` may be a view of this buffer */
+    }
+    rb_consumed(self, start + n);
+    PyBuffer_Release(&b);  /* last: a Python exporter's __release_buffer__ may use self */
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+rb_take(ReceiveBufferObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, NULL);  /* clamped: bytes beyond what is buffered */
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "take(%R): the number of bytes cannot be negative", arg);
+        return NULL;
+    }
+    Py_ssize_t start = self->start;
+    n = Py_MIN(n, self->end - start);
+    PyObject *data = PyBytes_FromStringAndSize(n > 0 ? RB_BYTES(self) + start : "", n);
+    if (data == NULL) {
+        return NULL;
+    }
+    rb_consumed(self, start + n);
+    return data;
+}
+
+static PyObject *
+rb_clear(ReceiveBufferObject *self, PyObject *unused)
+{
+    rb_consumed(self, self->end);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef rb_methods[] = {
+    {"room", (PyCFunction)rb_room, METH_NOARGS,
+     "room($self, /)\n--\n\n"
+     "Memory for the transport to receive into (``BufferedProtocol.get_buffer``)."},
+    {"filled", (PyCFunction)rb_filled, METH_O,
+     "filled($self, nbytes, /)\n--\n\n"
+     "The transport wrote ``nbytes`` into the last ``room()`` (``buffer_updated``)."},
+    {"read_into", (PyCFunction)rb_read_into, METH_O,
+     "read_into($self, out, /)\n--\n\n"
+     "Move up to ``len(out)`` buffered bytes into ``out``; return how many."},
+    {"take", (PyCFunction)rb_take, METH_O,
+     "take($self, n, /)\n--\n\n"
+     "Up to ``n`` buffered bytes, removed from the buffer."},
+    {"clear", (PyCFunction)rb_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\n"
+     "Drop every buffered byte (``shutdown(\"receive\")``); the memory goes as after a read that "
+     "empties the buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef rb_members[] = {
+    {"buffered", Py_T_PYSSIZET, offsetof(ReceiveBufferObject, buffered), Py_READONLY,
+     "How many bytes are buffered (as len())."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef rb_getset[] = {
+    {"allocated", (getter)rb_allocated, NULL,
+     "The bytes of memory the buffer holds right now (for tests and diagnostics).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods rb_as_sequence = {
+    .sq_length = (lenfunc)rb_length,
+};
+
+static PyTypeObject ReceiveBuffer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenbridge._speedups.ReceiveBuffer",
+    .tp_basicsize = sizeof(ReceiveBufferObject),
+    .tp_dealloc = (destructor)rb_dealloc,
+    .tp_as_sequence = &rb_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ReceiveBuffer(limit)\n--\n\n"
+              "Bytes received and not read yet; see greenbridge._receive_buffer's memo (this is "
+              "its C version).",
+    .tp_methods = rb_methods,
+    .tp_members = rb_members,
+    .tp_getset = rb_getset,
+    .tp_init = (initproc)rb_init,
+    .tp_new = rb_new,
+};
+
+/* Called by PyInit__speedups. */
+static int
+receive_buffer_register(PyObject *module)
+{
+    if (PyType_Ready(&ReceiveBuffer_Type) < 0) {
+        return -1;
+    }
+    Py_INCREF(&ReceiveBuffer_Type);
+    if (PyModule_AddObject(module, "ReceiveBuffer", (PyObject *)&ReceiveBuffer_Type) < 0) {
+        Py_DECREF(&ReceiveBuffer_Type);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
      "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
@@ -710,8 +1102,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "greenbridge._speedups",
-    "Optional C accelerator for await_from_green, _park and _resume (see the comment at the top "
-    "of the source).",
+    "Optional C accelerator for await_from_green, _park and _resume, and the receive buffer (see "
+    "the comment at the top of the source).",
     -1, methods,
 };
 
@@ -735,5 +1127,9 @@ PyInit__speedups(void)
         || !str_create_future) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && receive_buffer_register(module) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

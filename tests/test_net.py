@@ -23,7 +23,7 @@ from _net_helpers import echo, gather_green, serving, wait_until
 
 import greenbridge as gb
 from greenbridge import flow, net
-from greenbridge._protocol import RECEIVE_BUFFER_SIZE
+from greenbridge._protocol import RECEIVE_BUFFER_SIZE, _ConnProtocol
 
 pytestmark = pytest.mark.green
 
@@ -246,6 +246,42 @@ def test_shutdown_receive_reads_end_of_input() -> None:
             conn.write(b"still sending")  # the other direction is untouched
     with pytest.raises(ValueError):
         conn.shutdown("both")  # type: ignore[arg-type]
+
+
+def test_input_after_shutdown_receive_is_dropped_with_the_room_still_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop holds a Py_buffer of the room while it calls buffer_updated, where input after
+    shutdown("receive") is dropped and a burst's memory given back: that must not fail (it did,
+    with BufferError, when the receive buffer released its memoryview by hand)."""
+    dropped = asyncio.Event()
+    errors: list[BaseException] = []
+    original = _ConnProtocol.buffer_updated
+
+    def buffer_updated(self: _ConnProtocol, nbytes: int) -> None:
+        try:
+            original(self, nbytes)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            if self._drop_input:
+                dropped.set()
+
+    monkeypatch.setattr(_ConnProtocol, "buffer_updated", buffer_updated)
+
+    def handler(conn: net.Connection, addr: Any) -> None:
+        assert flow.read_exact(conn, 2) == b"go"
+        conn.write(b"x" * 10_000)  # more than MIN_CAPACITY, less than the room: a burst's end
+        conn.read()
+
+    with net.listen(HOST, 0) as listener, serving(listener, handler):
+        with net.connect(*listener.address) as conn:
+            conn.shutdown("receive")
+            conn.write(b"go")
+            gb.await_from_green(dropped.wait())
+            assert errors == []
+            assert conn.read() == b""
 
 
 def _raise(exc: Exception) -> None:
