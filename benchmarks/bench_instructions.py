@@ -19,9 +19,13 @@ Five operations, on each loop (the default):
 and, to bound what the echo can reach, the same client against other servers (``--ops all``):
 
   echo-noidle   -- ``run_server`` with ``idle_timeout=None`` (no read timer armed)
-  echo-greenlet -- the floor of any direct-style server: the ceiling's protocol, whose
-                   ``buffer_updated`` switches into a plain greenlet that writes the bytes back
-                   and switches out again (two switches a round trip, no Task, no wait queue)
+  echo-greenlet -- the floor of a direct-style server: the ceiling's protocol, whose
+                   ``buffer_updated`` has a loop callback switch into a plain greenlet that
+                   writes the bytes back and switches out again (one callback and two switches
+                   a round trip; no Task, no wait queue, no buffer of its own)
+  echo-greenlet-direct -- the same, switched into straight from ``buffer_updated`` (greenlet
+                   then copies out the transport's deeper C stack on every switch); the floor is
+                   the lower of the two on each loop
   echo-ceiling  -- the ceiling: a raw ``asyncio.BufferedProtocol`` writing back from
                    ``buffer_updated`` (``bench_echo``'s)
   echo-ceiling-timer -- the same with one timer pending on the loop (an hour away), as any
@@ -53,7 +57,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 OPS = ("ready", "sleep0", "spawn", "wake", "echo")
-ECHO_BOUNDS = ("echo-noidle", "echo-greenlet", "echo-ceiling", "echo-ceiling-timer")
+ECHO_BOUNDS = (
+    "echo-noidle", "echo-greenlet", "echo-greenlet-direct", "echo-ceiling", "echo-ceiling-timer",
+)  # fmt: skip
 
 
 def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
@@ -150,9 +156,19 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
                 parent.switch()
                 BufferedEcho.buffer_updated(self, self.nbytes)
 
+        direct = False
+
         def buffer_updated(self, nbytes: int) -> None:
+            # From a loop callback, as greenbridge's wake batch does; or straight from the
+            # transport's callback, where greenlet copies out the deeper C stack on every switch.
             self.nbytes = nbytes
-            self.handler.switch()
+            if self.direct:
+                self.handler.switch()
+            else:
+                asyncio.get_running_loop().call_soon(self.handler.switch)
+
+    class DirectGreenletEcho(GreenletEcho):
+        direct = True
 
     return {
         "ready": crossing("await_ready"),
@@ -162,6 +178,7 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
         "echo": echo_with(),
         "echo-noidle": echo_with(idle_timeout=None),
         "echo-greenlet": lambda n: echo_protocol(GreenletEcho, n),
+        "echo-greenlet-direct": lambda n: echo_protocol(DirectGreenletEcho, n),
         "echo-ceiling": lambda n: echo_protocol(BufferedEcho, n),
         "echo-ceiling-timer": lambda n: echo_protocol(BufferedEcho, n, timer=True),
     }
