@@ -235,7 +235,20 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     idle = _idle_fibers()
     while True:
         try:
-            fiber._outcome = (_RETURNED, fn(*args, **kwargs))
+            # Calls of a fixed arity, not ``fn(*args, **kwargs)``: the interpreter runs a Python
+            # function called so in the caller's own C frame, where a call with ``*`` or ``**``
+            # nests another C frame of the interpreter on the fiber's stack -- which greenlet
+            # keeps a copy of for every suspended fiber (about 370 B each on CPython 3.11).
+            if kwargs:
+                fiber._outcome = (_RETURNED, fn(*args, **kwargs))
+            elif not args:
+                fiber._outcome = (_RETURNED, fn())
+            elif len(args) == 1:
+                fiber._outcome = (_RETURNED, fn(args[0]))
+            elif len(args) == 3:  # Switch._run_child
+                fiber._outcome = (_RETURNED, fn(args[0], args[1], args[2]))
+            else:
+                fiber._outcome = (_RETURNED, fn(*args))
         except GreenletExit:
             raise  # the greenlet is being killed (collected while suspended): let it die
         except BaseException as exc:
