@@ -229,9 +229,16 @@ def _guard_pool(idle: _Pool, loop: asyncio.AbstractEventLoop | None) -> None:
     idle.guard, idle.loop = guard, loop
 
 
-def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The body of every fiber greenlet: run one call, report, wait in the pool for the next."""
+def _fiber_main() -> Any:
+    """The body of every fiber greenlet: run one call, report, wait in the pool for the next.
+
+    Started with no arguments, its first call waiting in ``_call``: the arguments a greenlet is
+    started with stay referenced (by greenlet) until its run function returns, so a pooled fiber
+    would keep its first call's function and arguments alive. Later calls come as the values of
+    its switches."""
     fiber = cast(_Fiber, getcurrent())
+    fn, args, kwargs = fiber._call  # type: ignore[misc]
+    fiber._call = None
     idle = _idle_fibers()
     while True:
         try:
@@ -245,8 +252,8 @@ def _fiber_main(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
                 fiber._outcome = (_RETURNED, fn())
             elif len(args) == 1:
                 fiber._outcome = (_RETURNED, fn(args[0]))
-            elif len(args) == 3:  # Switch._run_child
-                fiber._outcome = (_RETURNED, fn(args[0], args[1], args[2]))
+            elif len(args) == 4:  # Switch._run_child
+                fiber._outcome = (_RETURNED, fn(args[0], args[1], args[2], args[3]))
             else:
                 fiber._outcome = (_RETURNED, fn(*args))
         except GreenletExit:
@@ -318,13 +325,18 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     if idle:
         fiber = idle.pop()
         fiber.parent = driver
+        fiber.gr_context = driver.gr_context
+        # The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop).
+        fiber._task = None if loop is None else _task_of(loop)
+        switch = fiber.switch
+        out = switch(fn, args, kwargs)
     else:
         fiber = _Fiber(_fiber_main, driver)
-    fiber.gr_context = driver.gr_context
-    # The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop).
-    fiber._task = None if loop is None else _task_of(loop)
-    switch = fiber.switch
-    out = switch(fn, args, kwargs)
+        fiber.gr_context = driver.gr_context
+        fiber._task = None if loop is None else _task_of(loop)
+        fiber._call = (fn, args, kwargs)  # see _fiber_main
+        switch = fiber.switch
+        out = switch()
     del fn, args, kwargs
     while True:
         if out is _FINISHED:
