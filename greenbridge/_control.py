@@ -81,13 +81,16 @@ class _Fiber(greenlet):
     with the plumbing that moves control in and out of it. Its state is in slots, which cost less
     to read and write on the hot path than the instance dictionary greenlets have."""
 
-    __slots__ = ("_direct", "_handover", "_outcome", "_park", "_stepper", "_task")
+    __slots__ = ("_call", "_direct", "_handover", "_outcome", "_park", "_stepper", "_task")
 
     # The de-facto convention that SQLAlchemy's ``await_`` and awaitlet look for.
     __sqlalchemy_greenlet_provider__ = True
 
     def __init__(self, run: Any, parent: greenlet) -> None:
         super().__init__(run, parent)
+        # The first call of a new fiber, (fn, args, kwargs), until the fiber starts it (see
+        # _core._fiber_main); None from then on.
+        self._call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = None
         # This fiber's idle _Stepper, None while await_from_green is using it.
         self._stepper: _Stepper | None = None
         # An awaitable a waker handed over for the driver to await (see _pass_to_driver), else

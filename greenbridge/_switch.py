@@ -93,6 +93,10 @@ _fiber_switch: dict[greenlet, Switch] = {}
 _open_switches: dict[Switch, greenlet] = {}
 
 
+# The keyword arguments of every forked fiber's call: none; only ever read (by ``**``).
+_NO_KWARGS: dict[str, Any] = {}
+
+
 @types.coroutine
 def _reschedule() -> Any:
     """A bare yield: the Task steps again at the back of the loop's ready queue."""
@@ -251,7 +255,9 @@ class Switch:
             # An eager task factory runs this first step inside fork(): start at the back of the
             # ready queue instead, so that the documented fork order holds in every mode.
             await _reschedule()
-        await _drive(self._run_child, (child, fn, args), {})
+        # The plain function and a shared empty dict, not a bound method and a dict of its own:
+        # the fiber holds what it was called with while it runs (120 B less per fiber).
+        await _drive(Switch._run_child, (self, child, fn, args), _NO_KWARGS)
 
     def _forget(self, child: _Child) -> None:
         del self._children[child]
@@ -272,7 +278,7 @@ class Switch:
             if child.cancel_requested:
                 assert child.task is not None
                 child.task.cancel()  # a race's loser: delivered at fn's first suspension point
-            value = fn(*args)
+            value = fn(*args) if args else fn()  # see _fiber_main: fn() nests no C frame
             if child.promise is not None:
                 child.promise.resolve(value)
         except asyncio.CancelledError as exc:
