@@ -260,7 +260,7 @@ def _fiber_main() -> Any:
             raise  # the greenlet is being killed (collected while suspended): let it die
         except BaseException as exc:
             fiber._outcome = (_RAISED, exc)
-        fn = args = kwargs = None  # type: ignore[assignment]  # an idle fiber keeps nothing alive
+        fn = args = kwargs = None  # an idle fiber keeps nothing alive
         if fiber._direct:
             _finish_in_task(fiber)  # the driver, not a waker, must receive the outcome
         fiber._park = fiber._task = None
