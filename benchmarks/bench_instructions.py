@@ -194,7 +194,9 @@ def _child(loop_name: str, op: str, n: int) -> None:
 
 def count(tree: Path, loop_name: str, op: str, n: int) -> int:
     """User-space instructions of one child run of ``n`` operations with ``tree``'s greenbridge."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # A fixed hash seed: str hashes, and with them dict and set layouts, are otherwise random in
+    # each process, and move the count of a short operation by several percent from run to run.
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     env.pop("GREENBRIDGE_NO_SPEEDUPS", None)
     proc = subprocess.run(
         [
