@@ -43,10 +43,10 @@ static PyObject *str_direct, *str_blocking, *str_parent, *str_switch, *str_throw
 
 static PyMethodDef await_def;
 
-/* Where _Fiber keeps ``_direct`` and ``_task``: they are __slots__, so a fiber (whose type init()
-   was given, and which await_from_green checks exactly) holds them at these offsets. Reading them
-   there costs a load instead of an attribute lookup on every await. */
-static Py_ssize_t direct_offset, task_offset;
+/* Where _Fiber keeps ``_direct``, ``_task`` and ``_park``: they are __slots__, so a fiber (whose
+   type init() was given, and which the functions here check exactly) holds them at these offsets.
+   Reading them there costs a load instead of an attribute lookup on every await. */
+static Py_ssize_t direct_offset, task_offset, park_offset;
 
 /* A _Fiber slot as a new reference; AttributeError when it was never set, as getattr would. */
 static PyObject *
@@ -305,6 +305,21 @@ await_from_green(PyObject *module, PyObject *awaitable)
     return NULL;
 }
 
+/* Take the fiber type and greenlet.getcurrent (init and init_control each get them): the slot
+   offsets are read from the type's member descriptors. -1 with an exception set. */
+static int
+take_fiber_type(PyObject *fiber, PyObject *current)
+{
+    if ((direct_offset = slot_offset(fiber, "_direct")) < 0
+        || (task_offset = slot_offset(fiber, "_task")) < 0
+        || (park_offset = slot_offset(fiber, "_park")) < 0) {
+        return -1;
+    }
+    Py_XSETREF(fiber_type, Py_NewRef(fiber));
+    Py_XSETREF(getcurrent, Py_NewRef(current));
+    return 0;
+}
+
 static PyObject *
 init(PyObject *module, PyObject *args)
 {
@@ -313,15 +328,12 @@ init(PyObject *module, PyObject *args)
                           &loop, &of)) {
         return NULL;
     }
-    if ((direct_offset = slot_offset(fiber, "_direct")) < 0
-        || (task_offset = slot_offset(fiber, "_task")) < 0) {
+    if (take_fiber_type(fiber, current) < 0) {
         return NULL;
     }
     Py_XSETREF(running_loop, Py_NewRef(loop));
     Py_XSETREF(task_of, Py_NewRef(of));
     Py_XSETREF(suspend_check, Py_NewRef(check));
-    Py_XSETREF(fiber_type, Py_NewRef(fiber));
-    Py_XSETREF(getcurrent, Py_NewRef(current));
     Py_XSETREF(slow_path, Py_NewRef(slow));
     Py_XSETREF(doc_holder, Py_NewRef(doc));
     Py_XSETREF(bad_yield, Py_NewRef(bad));
@@ -357,7 +369,6 @@ static PyObject *enter_task, *leave_task; /* asyncio.tasks._enter_task, _leave_t
 static PyObject *swap_current_task;      /* asyncio.tasks._swap_current_task; NULL before 3.12 */
 static PyObject *get_running_loop;       /* asyncio.get_running_loop (raises outside a loop) */
 static PyObject *str_park, *str_done, *str_get_loop, *str_set_result, *str_create_future;
-static Py_ssize_t park_offset;           /* where _Fiber keeps ``_park`` */
 
 /* Store ``value`` in the _Fiber slot at ``offset`` (what assigning the attribute does). */
 static void
@@ -670,13 +681,9 @@ init_control(PyObject *module, PyObject *args)
                           &enter, &leave, &swap, &running)) {
         return NULL;
     }
-    if ((direct_offset = slot_offset(fiber, "_direct")) < 0
-        || (task_offset = slot_offset(fiber, "_task")) < 0
-        || (park_offset = slot_offset(fiber, "_park")) < 0) {
+    if (take_fiber_type(fiber, current) < 0) {
         return NULL;
     }
-    Py_XSETREF(fiber_type, Py_NewRef(fiber));
-    Py_XSETREF(getcurrent, Py_NewRef(current));
     Py_XSETREF(parked, Py_NewRef(p));
     Py_XSETREF(woken, Py_NewRef(w));
     Py_XSETREF(pass_to_driver, Py_NewRef(pass));
