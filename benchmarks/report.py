@@ -12,8 +12,9 @@ The benchmarks (each also runs on its own; see its docstring):
 
 Not in the report: ``bench_instructions.py`` counts the instructions of greenbridge's crossing
 path under valgrind (no peers; its figures do not move with the machine's load, so it is the
-measure for a before/after comparison with another checkout, ``--against``), and
-``bench_blocking.py`` (see docs/blocking.md).
+measure for a before/after comparison with another checkout, ``--against``),
+``mem_breakdown.py`` (where an idle fiber's memory goes: the detail behind ``bench_fibers``'
+figure), and ``bench_blocking.py`` (see docs/blocking.md).
 
 Each runs in a subprocess of its own and hands its figures over as JSON. A benchmark whose
 module is missing, or that fails, is noted in the results instead of stopping the report.
