@@ -41,13 +41,14 @@ Direct resumption
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
+
+from ._accelerator import speedups
 
 if TYPE_CHECKING:
     from ._core import _Stepper
@@ -248,28 +249,24 @@ def _pass_to_driver(fiber: _Fiber, awaitable: Any) -> None:
     fiber._park.set_result(None)
 
 
-# The optional C accelerator (``_speedups.c``) has ``_park`` and ``_resume`` too, step for step:
-# they are on the path of every direct resumption (a read woken by its transport costs one of
-# each). GREENBRIDGE_NO_SPEEDUPS=1 keeps the Python functions above; both pass the same tests.
+# The optional C accelerator (``_speedups.c``, see ``_accelerator``) has ``_park`` and
+# ``_resume`` too, step for step: they are on the path of every direct resumption (a read woken by
+# its transport costs one of each). Without it, the Python functions above; both pass the same
+# tests.
 _park_py, _resume_py = _park, _resume
-if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
-    try:
-        from . import _speedups  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        _park, _resume = cast(Any, _speedups).init_control(
-            _Fiber,
-            getcurrent,
-            _PARKED,
-            _WOKEN,
-            _pass_to_driver,
-            _task_of,
-            _enter_task,
-            _leave_task,
-            _swap_current_task,
-            asyncio.get_running_loop,
-        )
+if (_speedups := speedups()) is not None:
+    _park, _resume = _speedups.init_control(
+        _Fiber,
+        getcurrent,
+        _PARKED,
+        _WOKEN,
+        _pass_to_driver,
+        _task_of,
+        _enter_task,
+        _leave_task,
+        _swap_current_task,
+        asyncio.get_running_loop,
+    )
 
 
 def _thread_root(glet: Any) -> Any:

@@ -115,7 +115,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import os
 import signal
 import sys
 import threading
@@ -125,6 +124,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from ._accelerator import speedups
 from ._control import (
     _UNPROTECTED_CODES,
     _Fiber,
@@ -522,28 +522,22 @@ def _check_suspension(fiber: _Fiber) -> None:
         )
 
 
-# The optional C accelerator (``_speedups.c``) takes over the common case of await_from_green
-# and calls the Python implementation above for every other one. GREENBRIDGE_NO_SPEEDUPS=1
-# keeps the pure-Python path (the test suite runs both).
+# The optional C accelerator (``_speedups.c``, see ``_accelerator``) takes over the common case
+# of await_from_green and calls the Python implementation above for every other one.
 _await_from_green_py = await_from_green
 SPEEDUPS = False
-if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
-    try:
-        from . import _speedups  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        await_from_green = cast(Any, _speedups).init(
-            _Fiber,
-            getcurrent,
-            _await_from_green_py,
-            _check_suspension,
-            f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
-            _bad_yield,
-            _get_running_loop,
-            _task_of,
-        )
-        SPEEDUPS = True
+if (_speedups := speedups()) is not None:
+    await_from_green = _speedups.init(
+        _Fiber,
+        getcurrent,
+        _await_from_green_py,
+        _check_suspension,
+        f"await_from_green(awaitable, /)\n--\n\n{_await_from_green_py.__doc__}",
+        _bad_yield,
+        _get_running_loop,
+        _task_of,
+    )
+    SPEEDUPS = True
 
 
 def _await_outside_fiber(current: greenlet, awaitable: Awaitable[T]) -> T:

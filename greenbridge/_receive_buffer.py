@@ -49,9 +49,10 @@ view still held keeps the memory it points to alive.
 
 from __future__ import annotations
 
-import os
 from operator import index
 from typing import TYPE_CHECKING
+
+from ._accelerator import speedups
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -202,10 +203,6 @@ if TYPE_CHECKING:
     ReceiveBuffer = PyReceiveBuffer
 else:
     ReceiveBuffer = PyReceiveBuffer
-    if not os.environ.get("GREENBRIDGE_NO_SPEEDUPS"):
-        try:
-            from ._speedups import ReceiveBuffer
-        except ImportError:
-            pass
-        else:
-            SPEEDUPS = True
+    if (_speedups := speedups()) is not None:
+        ReceiveBuffer = _speedups.ReceiveBuffer
+        SPEEDUPS = True
