@@ -332,16 +332,13 @@ def _drive(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     if idle:
         fiber = idle.pop()
         fiber.parent = driver
-        fiber.gr_context = driver.gr_context
-        # The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop).
-        fiber._task = None if loop is None else _task_of(loop)
-        out = _switch(fiber, fn, args, kwargs)
     else:
         fiber = _Fiber(_fiber_main, driver)
-        fiber.gr_context = driver.gr_context
-        fiber._task = None if loop is None else _task_of(loop)
-        fiber._call = (fn, args, kwargs)  # see _fiber_main
-        out = _switch(fiber)
+        fiber._call = (fn, args, kwargs)  # a new fiber starts with no arguments: see _fiber_main
+    fiber.gr_context = driver.gr_context
+    # The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop).
+    fiber._task = None if loop is None else _task_of(loop)
+    out = _switch(fiber, fn, args, kwargs) if fiber._call is None else _switch(fiber)
     del fn, args, kwargs
     while True:
         if out is _FINISHED:
