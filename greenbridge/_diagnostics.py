@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from greenlet import getcurrent, greenlet
 
 from ._control import _Fiber
-from ._core import _drive, _live_fibers
+from ._core import _C_DRIVER, _drive_py, _live_fibers
 from ._switch import _fiber_switch, _open_switches
 
 __all__ = ("dump_fibers",)
@@ -21,7 +21,7 @@ __all__ = ("dump_fibers",)
 # The helpers below are shared by ``dump_fibers`` and the pytest plugin's leak report.
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_DRIVER_CODE = _drive.__code__
+_DRIVER_CODE = _drive_py.__code__
 
 
 def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
@@ -35,6 +35,10 @@ def _host_tasks() -> dict[greenlet, asyncio.Task[object]]:
     for task in tasks:
         awaiting: Any = task.get_coro()
         while awaiting is not None:
+            if type(awaiting) is _C_DRIVER:  # the accelerator's driver: no frame, a ``fiber``
+                if awaiting.fiber is not None:
+                    hosts[awaiting.fiber] = task
+                break
             frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
             if frame is not None and frame.f_code is _DRIVER_CODE:
                 fiber = frame.f_locals.get("fiber")

@@ -704,6 +704,775 @@ init_control(PyObject *module, PyObject *args)
     return res;
 }
 
+/* -- The driver: _core._drive in C ---------------------------------------------------------------
+ *
+ * The object ``spawn_green``'s coroutine awaits: the same steps as the generator _core._drive
+ * (read its docstring and the memo of _core), as an iterator the coroutine delegates to. It takes
+ * a fiber on its first step, switches into it, yields to the Task what the fiber hands over (None
+ * or a blocking Future), throws into the fiber what the Task throws in, awaits on the fiber's
+ * behalf an awaitable handed over by the foreign convention, and returns the function's result or
+ * raises its exception.
+ *
+ * Why C. Memory: a parked fiber's driver is a generator and, once greenlet has switched out of
+ * it, a frame object -- about 600 B per suspended fiber on CPython 3.11; this object is 80.
+ * Time: the coroutine steps it through ``am_send`` (PyIter_Send), with no StopIteration when the
+ * call finishes, and no interpreter between the Task and the fiber.
+ *
+ * It behaves as the generator does, as the coroutine and the Task see it: ``send``, ``throw``
+ * (one to three arguments) and ``close`` have a generator's semantics, including "generator
+ * already executing", a StopIteration raised by the function turned into RuntimeError (PEP 479)
+ * and GeneratorExit handling in close(); a finalizer closes a suspended driver, as a generator's
+ * does. What differs: no ``_drive`` frame on tracebacks, and no line of it a trace function or a
+ * KeyboardInterrupt can land on.
+ */
+static PyObject *finished, *raised;       /* _core._FINISHED, _core._RAISED */
+static PyObject *fiber_main;              /* _core._fiber_main: a new fiber's run function */
+static PyObject *local_state;             /* _core._local: this thread's pool is its ``idle`` */
+static PyObject *idle_fibers;             /* _core._idle_fibers: makes the pool on first use */
+static PyObject *guard_pool;              /* _core._guard_pool(idle, loop) */
+static PyObject *await_iter;              /* _core._await_iter: the iterator ``await x`` steps */
+static PyObject *str_idle, *str_loop, *str_gr_context, *str_close, *str_forking;
+static Py_ssize_t call_offset, handover_offset, outcome_offset;
+
+enum { DRIVER_FRESH, DRIVER_SUSPENDED, DRIVER_RUNNING, DRIVER_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fn, *args, *kwargs;  /* the call, until the first step */
+    PyObject *fiber;               /* from the first step until the outcome */
+    PyObject *sub;                 /* what it awaits for the fiber (the foreign convention) */
+    PyObject *child;               /* a forked fiber's _switch._Child, until the first step */
+    int state;
+} DriverObject;
+
+static PyTypeObject Driver_Type;
+
+/* Drop everything the driver holds: it is done. */
+static void
+driver_finish(DriverObject *self)
+{
+    self->state = DRIVER_DONE;
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->fiber);
+    Py_CLEAR(self->sub);
+    Py_CLEAR(self->child);
+}
+
+/* fiber.<name>(arg) as a new reference (arg NULL: no argument). */
+static PyObject *
+fiber_call(PyObject *fiber, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {fiber, arg};
+    return PyObject_VectorcallMethod(name, args, (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* Throw the exception being raised into the fiber: what ``except BaseException as exc:
+   out = fiber.throw(exc)`` does. */
+static PyObject *
+throw_raised(PyObject *fiber)
+{
+    PyObject *exc = take_exception();
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *out = fiber_call(fiber, str_throw, exc);
+    Py_DECREF(exc);
+    return out;
+}
+
+/* The first step: take a fiber (from the pool, or a new one) and switch into it with the call.
+   The fiber's first hand-over as a new reference, or NULL. */
+static PyObject *
+driver_start(DriverObject *self)
+{
+    if (!PyCallable_Check(self->fn)) {
+        PyObject *name = PyType_GetName(Py_TYPE(self->fn));
+        if (name != NULL) {
+            PyErr_Format(PyExc_TypeError, "spawn_green() needs a callable, got %R", name);
+            Py_DECREF(name);
+        }
+        return NULL;
+    }
+    PyObject *driver = PyObject_CallNoArgs(getcurrent);
+    if (driver == NULL) {
+        return NULL;
+    }
+    PyObject *fiber = NULL, *out = NULL;
+    PyObject *loop = PyObject_CallNoArgs(running_loop);
+    if (loop == NULL) {
+        goto done;
+    }
+    PyObject *idle = PyObject_GetAttr(local_state, str_idle);
+    if (idle == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            goto done;
+        }
+        PyErr_Clear();
+        if ((idle = PyObject_CallNoArgs(idle_fibers)) == NULL) {
+            goto done;
+        }
+    }
+    if (!PyList_Check(idle)) {
+        PyErr_SetString(PyExc_TypeError, "the fiber pool must be a list");
+        Py_DECREF(idle);
+        goto done;
+    }
+    PyObject *guarded = PyObject_GetAttr(idle, str_loop);
+    if (guarded == NULL) {
+        Py_DECREF(idle);
+        goto done;
+    }
+    Py_DECREF(guarded);  /* only its identity is compared */
+    if (guarded != loop) {
+        PyObject *r = call2(guard_pool, idle, loop);
+        if (r == NULL) {
+            Py_DECREF(idle);
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    Py_ssize_t n = PyList_GET_SIZE(idle);
+    int pooled = n > 0;
+    if (pooled) {
+        fiber = Py_NewRef(PyList_GET_ITEM(idle, n - 1));
+        int err = PyList_SetSlice(idle, n - 1, n, NULL);
+        Py_DECREF(idle);
+        if (err < 0 || PyObject_SetAttr(fiber, str_parent, driver) < 0) {
+            goto done;
+        }
+    }
+    else {
+        Py_DECREF(idle);
+        if ((fiber = call2(fiber_type, fiber_main, driver)) == NULL) {
+            goto done;
+        }
+        if ((PyObject *)Py_TYPE(fiber) != fiber_type) {
+            PyErr_SetString(PyExc_TypeError, "the fiber type made something else");
+            goto done;
+        }
+        /* A new fiber starts with no arguments: its call waits in _call (see _fiber_main). */
+        PyObject *call = PyTuple_Pack(3, self->fn, self->args, self->kwargs);
+        if (call == NULL) {
+            goto done;
+        }
+        fiber_set(fiber, call_offset, call);
+        Py_DECREF(call);
+    }
+    PyObject *context = PyObject_GetAttr(driver, str_gr_context);
+    if (context == NULL) {
+        goto done;
+    }
+    int err = PyObject_SetAttr(fiber, str_gr_context, context);
+    Py_DECREF(context);
+    if (err < 0) {
+        goto done;
+    }
+    /* The Task stepping the driver: the fiber's own (none when stepped by hand, with no loop). */
+    if (loop == Py_None) {
+        fiber_set(fiber, task_offset, Py_None);
+    }
+    else {
+        PyObject *task = PyObject_CallOneArg(task_of, loop);
+        if (task == NULL) {
+            goto done;
+        }
+        fiber_set(fiber, task_offset, task);
+        Py_DECREF(task);
+    }
+    self->fiber = Py_NewRef(fiber);
+    /* The call is the fiber's now: this object keeps nothing of it (as ``del fn, args, kwargs``
+       after the first switch of the generator, which held them only during the switch). */
+    PyObject *fn = self->fn, *args = self->args, *kwargs = self->kwargs;
+    self->fn = self->args = self->kwargs = NULL;
+    if (pooled) {
+        PyObject *call[4] = {fiber, fn, args, kwargs};
+        out = PyObject_VectorcallMethod(str_switch, call, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    else {
+        out = fiber_call(fiber, str_switch, NULL);
+    }
+    Py_DECREF(fn);
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
+done:
+    Py_XDECREF(loop);
+    Py_XDECREF(fiber);
+    Py_DECREF(driver);
+    return out;
+}
+
+/* Re-parent the fiber to whoever steps the Task now (rule 2 of _control): normally the loop
+   greenlet, but under asyncio.eager_task_factory a Task's first step ran inside its creator. */
+static int
+driver_adopt(PyObject *fiber)
+{
+    PyObject *driver = PyObject_CallNoArgs(getcurrent);
+    if (driver == NULL) {
+        return -1;
+    }
+    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    int err = parent == NULL ? -1 : 0;
+    if (parent != NULL && parent != driver) {
+        err = PyObject_SetAttr(fiber, str_parent, driver);
+    }
+    Py_XDECREF(parent);
+    Py_DECREF(driver);
+    return err;
+}
+
+/* 1 when ``out`` is for the Task (None or a blocking Future), 0 when it is a hand-over of the
+   foreign convention, -1 on error. */
+static int
+for_the_task(PyObject *out)
+{
+    if (out == Py_None) {
+        return 1;
+    }
+    PyObject *blocking = PyObject_GetAttr(out, str_blocking);
+    if (blocking == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    int res = PyObject_IsTrue(blocking);
+    Py_DECREF(blocking);
+    return res;
+}
+
+/* The fiber finished: take its outcome. PYGEN_RETURN with the result, or PYGEN_ERROR with its
+   exception raised, the _fiber_main frame dropped from the traceback. */
+static PySendResult
+driver_outcome(DriverObject *self, PyObject **result)
+{
+    PyObject *fiber = self->fiber;
+    PyObject **slot = (PyObject **)((char *)fiber + outcome_offset);
+    PyObject *outcome = *slot;  /* the reference the slot held is ours now */
+    *slot = NULL;
+    fiber_set(fiber, outcome_offset, Py_None);
+    /* An idle fiber must not keep the Task's context alive. */
+    int err = PyObject_SetAttr(fiber, str_gr_context, Py_None);
+    driver_finish(self);
+    if (err < 0 || outcome == NULL || !PyTuple_CheckExact(outcome) || PyTuple_GET_SIZE(outcome) != 2) {
+        if (err == 0) {
+            PyErr_SetString(PyExc_AssertionError, "a finished fiber has no outcome");
+        }
+        Py_XDECREF(outcome);
+        return PYGEN_ERROR;
+    }
+    PyObject *value = Py_NewRef(PyTuple_GET_ITEM(outcome, 1));
+    int failed = PyTuple_GET_ITEM(outcome, 0) == raised;
+    Py_DECREF(outcome);
+    if (!failed) {
+        *result = value;
+        return PYGEN_RETURN;
+    }
+    PyObject *tb = PyException_GetTraceback(value);
+    if (tb != NULL) {
+        PyObject *next = PyObject_GetAttrString(tb, "tb_next");
+        Py_DECREF(tb);
+        if (next == NULL) {
+            Py_DECREF(value);
+            return PYGEN_ERROR;
+        }
+        PyException_SetTraceback(value, next);
+        Py_DECREF(next);
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(value), value);
+    if (PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration)) {
+        /* PEP 479, as the generator driver: a StopIteration leaving it is a RuntimeError. */
+        PyObject *stop = take_exception();
+        PyErr_SetString(PyExc_RuntimeError, "generator raised StopIteration");
+        PyObject *error = take_exception();
+        if (error != NULL && stop != NULL) {
+            PyException_SetCause(error, Py_NewRef(stop));
+            PyException_SetContext(error, Py_NewRef(stop));
+        }
+        Py_XDECREF(stop);
+        if (error != NULL) {
+            PyErr_Restore(Py_NewRef(Py_TYPE(error)), error, PyException_GetTraceback(error));
+        }
+    }
+    Py_DECREF(value);
+    return PYGEN_ERROR;
+}
+
+/* One step of the driver, resumed with ``value`` (sent) or ``exc`` (thrown; not NULL). */
+static PySendResult
+driver_step(DriverObject *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    *result = NULL;
+    switch (self->state) {
+    case DRIVER_RUNNING:
+        PyErr_SetString(PyExc_ValueError, "generator already executing");
+        return PYGEN_ERROR;
+    case DRIVER_DONE:
+        if (exc != NULL) {
+            PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+            return PYGEN_ERROR;
+        }
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    case DRIVER_FRESH:
+        if (exc != NULL) {  /* thrown in before the first step: raised there, and done */
+            driver_finish(self);
+            PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+            return PYGEN_ERROR;
+        }
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
+            return PYGEN_ERROR;
+        }
+        if (self->child != NULL) {
+            /* The Task of a forked fiber (Switch._fork): under an eager task factory this first
+               step runs inside fork(); then it only yields, and the fiber starts at the back of
+               the ready queue, so that the documented fork order holds in every mode. */
+            PyObject *child = self->child;
+            self->child = NULL;
+            PyObject *forking = PyObject_GetAttr(child, str_forking);
+            Py_DECREF(child);
+            int eager = forking == NULL ? -1 : PyObject_IsTrue(forking);
+            Py_XDECREF(forking);
+            if (eager < 0) {
+                driver_finish(self);
+                return PYGEN_ERROR;
+            }
+            if (eager) {
+                *result = Py_NewRef(Py_None);
+                return PYGEN_NEXT;
+            }
+        }
+        break;
+    }
+    int fresh = self->state == DRIVER_FRESH;
+    self->state = DRIVER_RUNNING;
+    PyObject *fiber = self->fiber;  /* borrowed: self holds it until driver_finish */
+    PyObject *out;
+    if (fresh) {
+        out = driver_start(self);
+        fiber = self->fiber;
+    }
+    else if (self->sub != NULL) {
+        /* Awaiting on the fiber's behalf (``yield from``): pass the step on. */
+        PyObject *sub = self->sub, *got = NULL;
+        PySendResult status;
+        if (exc == NULL) {
+            status = PyIter_Send(sub, value, &got);
+        }
+        else if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+            /* As ``yield from`` does: close the iterator, then raise at the yield. */
+            PyObject *closed = NULL;
+            PyObject *close = PyObject_GetAttr(sub, str_close);
+            if (close != NULL) {
+                closed = PyObject_CallNoArgs(close);
+                Py_DECREF(close);
+            }
+            else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear();
+                closed = Py_NewRef(Py_None);
+            }
+            if (closed != NULL) {
+                Py_DECREF(closed);
+                PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+            }
+            status = PYGEN_ERROR;
+        }
+        else {
+            status = throw_into(sub, exc, &got);
+        }
+        if (status == PYGEN_NEXT) {
+            self->state = DRIVER_SUSPENDED;
+            *result = got;
+            return PYGEN_NEXT;
+        }
+        Py_CLEAR(self->sub);
+        out = status == PYGEN_RETURN ? fiber_call(fiber, str_switch, got) : throw_raised(fiber);
+        Py_XDECREF(got);
+    }
+    else if (driver_adopt(fiber) < 0) {
+        out = NULL;
+    }
+    else if (exc != NULL) {  /* cancellation & co.: into the fiber */
+        out = fiber_call(fiber, str_throw, exc);
+    }
+    else {
+        PyObject **handover = (PyObject **)((char *)fiber + handover_offset);
+        if (*handover == NULL || *handover == Py_None) {
+            out = fiber_call(fiber, str_switch, value);
+        }
+        else {  /* what a direct waker got from the fiber for the driver (_pass_to_driver) */
+            out = *handover;
+            *handover = Py_NewRef(Py_None);
+        }
+    }
+    for (;;) {
+        if (out == NULL) {  /* switching or throwing failed: the driver is done, as in Python */
+            driver_finish(self);
+            return PYGEN_ERROR;
+        }
+        if (out == finished) {
+            Py_DECREF(out);
+            return driver_outcome(self, result);
+        }
+        int to_task = for_the_task(out);
+        if (to_task < 0) {  /* outside the generator's try statements: it ends the driver */
+            Py_DECREF(out);
+            driver_finish(self);
+            return PYGEN_ERROR;
+        }
+        if (to_task) {
+            self->state = DRIVER_SUSPENDED;
+            *result = out;
+            return PYGEN_NEXT;
+        }
+        /* The foreign convention: an awaitable to await on the fiber's behalf. */
+        PyObject *sub = PyObject_CallOneArg(await_iter, out);
+        Py_DECREF(out);
+        if (sub != NULL && !PyCoro_CheckExact(sub) && !PyGen_CheckExact(sub)) {
+            Py_SETREF(sub, PyObject_GetIter(sub));  /* what ``yield from`` does with it */
+        }
+        if (sub == NULL) {
+            out = throw_raised(fiber);
+            continue;
+        }
+        PyObject *got = NULL;
+        PySendResult status = PyIter_Send(sub, Py_None, &got);
+        if (status == PYGEN_NEXT) {
+            self->sub = sub;
+            self->state = DRIVER_SUSPENDED;
+            *result = got;
+            return PYGEN_NEXT;
+        }
+        Py_DECREF(sub);
+        out = status == PYGEN_RETURN ? fiber_call(fiber, str_switch, got) : throw_raised(fiber);
+        Py_XDECREF(got);
+    }
+}
+
+static PySendResult
+driver_am_send(DriverObject *self, PyObject *value, PyObject **result)
+{
+    return driver_step(self, value, NULL, result);
+}
+
+/* The StopIteration a finished step raises from next() and send() (none for a None result). */
+static PyObject *
+driver_returned(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        if (result != Py_None) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+driver_iternext(DriverObject *self)
+{
+    PyObject *result;
+    PySendResult status = driver_step(self, Py_None, NULL, &result);
+    return driver_returned(status, result);
+}
+
+static PyObject *
+driver_send(DriverObject *self, PyObject *value)
+{
+    PyObject *result;
+    PySendResult status = driver_step(self, value, NULL, &result);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);  /* send() always raises on return, next() may not */
+        return NULL;
+    }
+    return driver_returned(status, result);
+}
+
+/* throw(exc) / throw(type[, value[, traceback]]): the exception to throw in, normalized. */
+static PyObject *
+thrown_exception(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val);
+        PyObject *exc = take_exception();
+        if (exc != NULL && tb != Py_None) {
+            PyException_SetTraceback(exc, tb);
+        }
+        return exc;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        if (tb != Py_None) {
+            PyException_SetTraceback(typ, tb);
+        }
+        return Py_NewRef(typ);
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "exceptions must be classes or instances deriving from BaseException, not %s",
+                 Py_TYPE(typ)->tp_name);
+    return NULL;
+}
+
+static PyObject *
+driver_throw(DriverObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *exc = thrown_exception(args, nargs);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *result;
+    PySendResult status = driver_step(self, NULL, exc, &result);
+    Py_DECREF(exc);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    return driver_returned(status, result);
+}
+
+static PyObject *
+driver_close(DriverObject *self, PyObject *unused)
+{
+    if (self->state == DRIVER_RUNNING) {
+        PyErr_SetString(PyExc_ValueError, "generator already executing");
+        return NULL;
+    }
+    if (self->state != DRIVER_SUSPENDED) {
+        driver_finish(self);
+        Py_RETURN_NONE;
+    }
+    PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exit == NULL) {
+        return NULL;
+    }
+    PyObject *result;
+    PySendResult status = driver_step(self, NULL, exit, &result);
+    Py_DECREF(exit);
+    if (status == PYGEN_NEXT) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_RuntimeError, "generator ignored GeneratorExit");
+        return NULL;
+    }
+    if (status == PYGEN_RETURN) {
+#if PY_VERSION_HEX >= 0x030D0000
+        return result;  /* Python 3.13: close() returns what the generator returned */
+#else
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+#endif
+    }
+    if (PyErr_ExceptionMatches(PyExc_GeneratorExit) || PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+/* As a generator's: a driver collected while suspended is closed (GeneratorExit into the fiber). */
+static void
+driver_finalize(DriverObject *self)
+{
+    if (self->state != DRIVER_SUSPENDED) {
+        return;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *res = driver_close(self, NULL);
+    if (res == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    else {
+        Py_DECREF(res);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+static int
+driver_traverse(DriverObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fn);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    Py_VISIT(self->fiber);
+    Py_VISIT(self->sub);
+    Py_VISIT(self->child);
+    return 0;
+}
+
+static int
+driver_clear(DriverObject *self)
+{
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->fiber);
+    Py_CLEAR(self->sub);
+    Py_CLEAR(self->child);
+    return 0;
+}
+
+static void
+driver_dealloc(DriverObject *self)
+{
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    driver_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+driver_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+driver_get_fiber(DriverObject *self, void *unused)
+{
+    return Py_NewRef(self->fiber ? self->fiber : Py_None);
+}
+
+static PyMethodDef driver_methods[] = {
+    {"send", (PyCFunction)driver_send, METH_O, "send(value): as a generator's send"},
+    {"throw", (PyCFunction)(void (*)(void))driver_throw, METH_FASTCALL,
+     "throw(exc): as a generator's throw"},
+    {"close", (PyCFunction)driver_close, METH_NOARGS, "close(): as a generator's close"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef driver_getset[] = {
+    {"fiber", (getter)driver_get_fiber, NULL,
+     "The fiber it drives: None before the first step and once the call has finished.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyAsyncMethods driver_as_async = {
+    .am_await = driver_await,
+    .am_send = (sendfunc)driver_am_send,
+};
+
+static PyTypeObject Driver_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenbridge._speedups.Driver",
+    .tp_basicsize = sizeof(DriverObject),
+    .tp_dealloc = (destructor)driver_dealloc,
+    .tp_as_async = &driver_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The driver of one spawn_green call: _core._drive in C (see the comment above it "
+              "in the source). Made by drive(fn, args, kwargs).",
+    .tp_traverse = (traverseproc)driver_traverse,
+    .tp_clear = (inquiry)driver_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)driver_iternext,
+    .tp_methods = driver_methods,
+    .tp_getset = driver_getset,
+    .tp_finalize = (destructor)driver_finalize,
+};
+
+/* drive(fn, args, kwargs[, child]): a new driver; nothing runs until its first step. With
+   ``child`` (Switch._fork's), it is a forked fiber's Task's coroutine itself, and its first step
+   starts the fiber only when ``child.forking`` is false (see driver_step). */
+static PyObject *
+drive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3 || nargs > 4 || !PyTuple_Check(args[1]) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "drive() takes (fn, a tuple, a dict[, child])");
+        return NULL;
+    }
+    if (fiber_main == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "call init_driver first");
+        return NULL;
+    }
+    DriverObject *self = PyObject_GC_New(DriverObject, &Driver_Type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->fn = Py_NewRef(args[0]);
+    self->args = Py_NewRef(args[1]);
+    self->kwargs = Py_NewRef(args[2]);
+    self->fiber = self->sub = NULL;
+    self->child = nargs == 4 ? Py_NewRef(args[3]) : NULL;
+    self->state = DRIVER_FRESH;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+init_driver(PyObject *module, PyObject *args)
+{
+    PyObject *fiber, *current, *fin, *rai, *main, *local, *idle, *guard, *iter, *loop, *of;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO:init_driver", &fiber, &current, &fin, &rai, &main,
+                          &local, &idle, &guard, &iter, &loop, &of)) {
+        return NULL;
+    }
+    if (take_fiber_type(fiber, current) < 0
+        || (call_offset = slot_offset(fiber, "_call")) < 0
+        || (handover_offset = slot_offset(fiber, "_handover")) < 0
+        || (outcome_offset = slot_offset(fiber, "_outcome")) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(finished, Py_NewRef(fin));
+    Py_XSETREF(raised, Py_NewRef(rai));
+    Py_XSETREF(local_state, Py_NewRef(local));
+    Py_XSETREF(idle_fibers, Py_NewRef(idle));
+    Py_XSETREF(guard_pool, Py_NewRef(guard));
+    Py_XSETREF(await_iter, Py_NewRef(iter));
+    Py_XSETREF(running_loop, Py_NewRef(loop));
+    Py_XSETREF(task_of, Py_NewRef(of));
+    Py_XSETREF(fiber_main, Py_NewRef(main));
+    return PyObject_GetAttrString(module, "drive");
+}
+
+/* Called by PyInit__speedups. */
+static int
+driver_register(PyObject *module)
+{
+    str_idle = PyUnicode_InternFromString("idle");
+    str_loop = PyUnicode_InternFromString("loop");
+    str_gr_context = PyUnicode_InternFromString("gr_context");
+    str_close = PyUnicode_InternFromString("close");
+    str_forking = PyUnicode_InternFromString("forking");
+    if (!str_idle || !str_loop || !str_gr_context || !str_close || !str_forking
+        || PyType_Ready(&Driver_Type) < 0) {
+        return -1;
+    }
+    Py_INCREF(&Driver_Type);
+    if (PyModule_AddObject(module, "Driver", (PyObject *)&Driver_Type) < 0) {
+        Py_DECREF(&Driver_Type);
+        return -1;
+    }
+    return 0;
+}
+
 /* -- The receive buffer: _receive_buffer.ReceiveBuffer in C -- */
 
 /* The same class as _receive_buffer.PyReceiveBuffer, with the same allocation policy and
@@ -1103,6 +1872,11 @@ static PyMethodDef methods[] = {
      "init_control(fiber_type, getcurrent, parked, woken, pass_to_driver, task_of, enter_task, "
      "leave_task, swap_current_task or None, get_running_loop) -> (park, resume)"},
     {"park", park, METH_O, "_control._park in C (call init_control first)"},
+    {"init_driver", init_driver, METH_VARARGS,
+     "init_driver(fiber_type, getcurrent, finished, raised, fiber_main, local, idle_fibers, "
+     "guard_pool, await_iter, get_running_loop, task_of) -> drive"},
+    {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
+     "drive(fn, args, kwargs[, child]): _core._drive in C (call init_driver first)"},
     {"resume", resume, METH_O, "_control._resume in C (call init_control first)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1135,7 +1909,7 @@ PyInit__speedups(void)
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
-    if (module != NULL && receive_buffer_register(module) < 0) {
+    if (module != NULL && (receive_buffer_register(module) < 0 || driver_register(module) < 0)) {
         Py_CLEAR(module);
     }
     return module;

@@ -123,8 +123,9 @@ def _frames(exc: BaseException) -> list[str]:
 
 
 # The frames greenbridge itself puts on a traceback: the driver when an exception leaves green
-# code; await_from_green when one enters it (none with the C accelerator, which has no frame).
-DRIVER_FRAMES = ["spawn_green", "_drive"]
+# code; await_from_green when one enters it (the C accelerator's driver and await_from_green have
+# no frame).
+DRIVER_FRAMES = ["spawn_green"] if _core.SPEEDUPS else ["spawn_green", "_drive"]
 AWAIT_FRAMES = [] if _core.SPEEDUPS else ["await_from_green"]
 
 
