@@ -23,6 +23,7 @@
  *
  * The module holds no state but the objects _core and _control give it in init() and
  * init_control(); it never owns a fiber.
+ * (And the helpers _waiter gives init_waiter: see "Waiter and WakeBatch", near the end.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
