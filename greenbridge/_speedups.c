@@ -24,6 +24,7 @@
  *
  * The module holds no state but the objects _core and _control give it in init() and
  * init_control(); it never owns a fiber.
+ * (And the helpers _waiter gives init_waiter: see "Waiter and WakeBatch", near the end.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1902,6 +1903,713 @@ receive_buffer_register(PyObject *module)
     return 0;
 }
 
+/* -- Waiter and WakeBatch: _waiter.Waiter and _wake_batch.WakeBatch in C ----------------------
+ *
+ * The same state machine as the Python classes, step for step and in the same order (read
+ * _waiter's memo: ``wake`` may run the woken fiber before it returns; a value is refused when
+ * the fiber's Task is being cancelled, and one accepted just before that is taken back). A wait
+ * and a wake-up each cost one of these calls instead of two or three Python frames; ``wait``
+ * parks through ``park`` and ``wake`` resumes through ``resume`` above, without a Python call
+ * in between. The rare paths stay Python: a wait in another library's green context
+ * (``_waiter._foreign_future`` and await_from_green), the cross-thread check
+ * (``_control._check_waker_thread``).
+ *
+ * Being C, a Waiter's steps cannot be interrupted by a KeyboardInterrupt between two of them,
+ * which the Python version needs _control._ki_protected for; the fiber's code that ``resume``
+ * runs is Python again, and protected as before.
+ *
+ * The fields hold None rather than NULL, as the Python slots do after __init__; ``_state`` is
+ * writable (tests put a waiter in a state by hand), the others read-only. */
+
+#ifndef Py_T_INT  /* Python 3.11 */
+#define Py_T_INT T_INT
+#endif
+
+enum { W_PENDING, W_WOKEN, W_FAILED, W_CANCELLED, W_TAKEN_BACK };  /* _waiter's states */
+
+static PyObject *foreign_future;      /* _waiter._foreign_future: raises outside green code */
+static PyObject *waiter_await;        /* _core.await_from_green */
+static PyObject *check_waker_thread;  /* _control._check_waker_thread */
+static PyObject *cancelled_error;     /* asyncio.CancelledError */
+static PyObject *str_wake, *str_flush, *str_call_soon, *str_value_kw, *str_exc_kw;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fiber;   /* the fiber parked in wait(), else None */
+    PyObject *future;  /* the Future a foreign wait awaits, else None */
+    PyObject *value;   /* the value or the exception (woken, failed, taken back), else None */
+    int state;
+} WaiterObject;
+
+static PyTypeObject Waiter_Type;
+
+/* 0 once init_control and init_waiter have run, else -1 with RuntimeError. */
+static int
+waiter_ready(void)
+{
+    if (parked == NULL || foreign_future == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "greenbridge._speedups: init_control and init_waiter were not called");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+waiter_alloc(PyTypeObject *type)
+{
+    WaiterObject *self = PyObject_GC_New(WaiterObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->fiber = Py_NewRef(Py_None);
+    self->future = Py_NewRef(Py_None);
+    self->value = Py_NewRef(Py_None);
+    self->state = W_PENDING;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* Waiter(): the call takes no argument, as the Python __init__. */
+static PyObject *
+waiter_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_Format(PyExc_TypeError, "Waiter() takes no arguments (%zd given)",
+                     nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0));
+        return NULL;
+    }
+    return waiter_alloc((PyTypeObject *)type);
+}
+
+static PyObject *
+waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Waiter() takes no arguments");
+        return NULL;
+    }
+    return waiter_alloc(type);
+}
+
+static int
+waiter_traverse(WaiterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fiber);
+    Py_VISIT(self->future);
+    Py_VISIT(self->value);
+    return 0;
+}
+
+static int
+waiter_clear(WaiterObject *self)
+{
+    Py_CLEAR(self->fiber);
+    Py_CLEAR(self->future);
+    Py_CLEAR(self->value);
+    return 0;
+}
+
+static void
+waiter_dealloc(WaiterObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    waiter_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* Replace a field (a new reference to ``value``); the old one is dropped last. */
+static void
+waiter_set(PyObject **field, PyObject *value)
+{
+    Py_SETREF(*field, Py_NewRef(value));
+}
+
+/* _outcome: the value, or NULL with the error raised. */
+static PyObject *
+waiter_outcome(WaiterObject *self)
+{
+    switch (self->state) {
+    case W_WOKEN:
+        return Py_NewRef(self->value);
+    case W_FAILED: {
+        /* ``raise self._value``: an instance as it is, a class instantiated, else TypeError. */
+        PyObject *exc = self->value;
+        if (PyExceptionInstance_Check(exc)) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        }
+        else if (PyExceptionClass_Check(exc)) {
+            PyObject *made = PyObject_CallNoArgs(exc);
+            if (made == NULL) {
+                return NULL;
+            }
+            if (PyExceptionInstance_Check(made)) {
+                PyErr_SetObject((PyObject *)Py_TYPE(made), made);
+            }
+            else {
+                PyErr_Format(PyExc_TypeError,
+                             "calling %R should have returned an instance of BaseException, not "
+                             "%.100s", exc, Py_TYPE(made)->tp_name);
+            }
+            Py_DECREF(made);
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+        }
+        return NULL;
+    }
+    case W_CANCELLED:
+        PyErr_SetString(cancelled_error, "the wait was cancelled");
+        return NULL;
+    default:
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Waiter.wait() was called again after it was interrupted");
+        return NULL;
+    }
+}
+
+/* The wait ended in an exception (cancellation, an interrupt): a value accepted meanwhile is
+   kept for take_back. The exception stays set. */
+static void
+waiter_interrupted(WaiterObject *self)
+{
+    self->state = self->state == W_WOKEN ? W_TAKEN_BACK : W_CANCELLED;
+}
+
+/* _wait_foreign: another library's green context, where the fiber cannot be parked. */
+static PyObject *
+waiter_wait_foreign(WaiterObject *self)
+{
+    PyObject *future = PyObject_CallNoArgs(foreign_future);  /* raises NoGreenContext */
+    if (future == NULL) {
+        return NULL;
+    }
+    waiter_set(&self->future, future);
+    PyObject *res = PyObject_CallOneArg(waiter_await, future);
+    Py_DECREF(future);
+    if (res == NULL) {
+        waiter_interrupted(self);
+        return NULL;
+    }
+    Py_DECREF(res);
+    return waiter_outcome(self);
+}
+
+static PyObject *
+waiter_wait(WaiterObject *self, PyObject *unused)
+{
+    if (self->state == W_PENDING) {
+        if (waiter_ready() < 0) {
+            return NULL;
+        }
+        PyObject *fiber = PyObject_CallNoArgs(getcurrent);
+        if (fiber == NULL) {
+            return NULL;
+        }
+        if (self->fiber != Py_None || self->future != Py_None) {
+            Py_DECREF(fiber);
+            PyErr_SetString(PyExc_RuntimeError, "Waiter.wait() was called twice");
+            return NULL;
+        }
+        if ((PyObject *)Py_TYPE(fiber) != fiber_type) {
+            Py_DECREF(fiber);
+            return waiter_wait_foreign(self);
+        }
+        waiter_set(&self->fiber, fiber);
+        while (self->state == W_PENDING) {
+            PyObject *r = park(NULL, fiber);
+            if (r == NULL) {
+                waiter_interrupted(self);
+                break;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(fiber);
+        /* The ``finally``: keep a raised exception across dropping the field's reference. */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        waiter_set(&self->fiber, Py_None);
+        if (type != NULL) {
+            PyErr_Restore(type, exc, tb);
+            return NULL;
+        }
+    }
+    return waiter_outcome(self);
+}
+
+/* ``getcurrent() is not fiber.parent``: 1 when so, 0 when not, -1 on error. */
+static int
+not_from_parent(PyObject *fiber)
+{
+    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    if (current == NULL) {
+        return -1;
+    }
+    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    Py_DECREF(current);  /* only its identity is compared: it is running */
+    if (parent == NULL) {
+        return -1;
+    }
+    Py_DECREF(parent);  /* the fiber holds it */
+    return current != parent;
+}
+
+/* check_waker_thread(fiber) when the caller is not the fiber's parent; -1 when it raised. */
+static int
+waiter_check_thread(PyObject *fiber)
+{
+    int other = not_from_parent(fiber);
+    if (other <= 0) {
+        return other;
+    }
+    PyObject *r = PyObject_CallOneArg(check_waker_thread, fiber);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* _settle: 1 when the outcome was accepted, 0 when refused, -1 on error. */
+static int
+waiter_settle(WaiterObject *self, int state, PyObject *value)
+{
+    if (self->state != W_PENDING) {
+        return 0;
+    }
+    if (waiter_ready() < 0) {
+        return -1;
+    }
+    if (self->fiber != Py_None) {
+        PyObject *fiber = Py_NewRef(self->fiber);  /* wait() drops the field when it resumes */
+        if (waiter_check_thread(fiber) < 0) {
+            Py_DECREF(fiber);
+            return -1;
+        }
+        self->state = state;
+        waiter_set(&self->value, value);
+        PyObject *r = resume(NULL, fiber);  /* may run the fiber before returning */
+        Py_DECREF(fiber);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        if (r == Py_False) {  /* its Task is being cancelled: refuse the value */
+            self->state = W_PENDING;
+            waiter_set(&self->value, Py_None);
+            return 0;
+        }
+        return 1;
+    }
+    if (self->future != Py_None) {
+        PyObject *future = Py_NewRef(self->future);
+        int done = future_done(future);
+        if (done != 0) {
+            Py_DECREF(future);
+            return done < 0 ? -1 : 0;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, Py_None);
+        Py_DECREF(future);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    self->state = state;
+    waiter_set(&self->value, value);
+    return 1;
+}
+
+static PyObject *
+settled(int res)
+{
+    if (res < 0) {
+        return NULL;
+    }
+    return Py_NewRef(res ? Py_True : Py_False);
+}
+
+/* One argument ``name`` of ``method``, positional or by keyword, as a Python method takes it:
+   *out is borrowed (``fallback`` when absent and not required, NULL when required); -1 with
+   the TypeError Python raises for a bad call. */
+static int
+one_argument(const char *method, PyObject *name, PyObject *fallback, PyObject *const *args,
+             Py_ssize_t nargs, PyObject *kwnames, PyObject **out)
+{
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 1) {
+        if (fallback != NULL) {
+            PyErr_Format(PyExc_TypeError, "Waiter.%s() takes from 1 to 2 positional arguments "
+                         "but %zd were given", method, nargs + 1);
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "Waiter.%s() takes 2 positional arguments but %zd "
+                         "were given", method, nargs + 1);
+        }
+        return -1;
+    }
+    *out = nargs == 1 ? args[0] : NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int same = key == name ? 1 : PyUnicode_Compare(key, name) == 0;
+        if (!same) {
+            PyErr_Format(PyExc_TypeError, "Waiter.%s() got an unexpected keyword argument '%U'",
+                         method, key);
+            return -1;
+        }
+        if (*out != NULL) {
+            PyErr_Format(PyExc_TypeError, "Waiter.%s() got multiple values for argument '%U'",
+                         method, name);
+            return -1;
+        }
+        *out = args[nargs + i];
+    }
+    if (*out == NULL) {
+        if (fallback == NULL) {
+            PyErr_Format(PyExc_TypeError, "Waiter.%s() missing 1 required positional argument: "
+                         "'%U'", method, name);
+            return -1;
+        }
+        *out = fallback;
+    }
+    return 0;
+}
+
+static PyObject *
+waiter_wake(WaiterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *value = Py_None;
+    if ((nargs != 0 || kwnames != NULL)
+        && one_argument("wake", str_value_kw, Py_None, args, nargs, kwnames, &value) < 0) {
+        return NULL;
+    }
+    return settled(waiter_settle(self, W_WOKEN, value));
+}
+
+static PyObject *
+waiter_fail(WaiterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *exc;
+    if (one_argument("fail", str_exc_kw, NULL, args, nargs, kwnames, &exc) < 0) {
+        return NULL;
+    }
+    return settled(waiter_settle(self, W_FAILED, exc));
+}
+
+static PyObject *
+waiter_cancel(WaiterObject *self, PyObject *unused)
+{
+    return settled(waiter_settle(self, W_CANCELLED, Py_None));
+}
+
+static PyObject *
+waiter_done(WaiterObject *self, PyObject *unused)
+{
+    return Py_NewRef(self->state != W_PENDING ? Py_True : Py_False);
+}
+
+static PyObject *
+waiter_take_back(WaiterObject *self, PyObject *unused)
+{
+    if (self->state == W_TAKEN_BACK) {
+        PyObject *value = self->value;  /* the reference moves into the tuple */
+        self->value = Py_NewRef(Py_None);
+        self->state = W_CANCELLED;
+        PyObject *res = PyTuple_Pack(2, Py_True, value);
+        Py_DECREF(value);
+        return res;
+    }
+    return PyTuple_Pack(2, Py_False, Py_None);
+}
+
+static PyObject *
+waiter_check_waker(WaiterObject *self, PyObject *unused)
+{
+    if (self->fiber != Py_None) {
+        if (waiter_ready() < 0) {
+            return NULL;
+        }
+        PyObject *fiber = Py_NewRef(self->fiber);
+        int rc = waiter_check_thread(fiber);
+        Py_DECREF(fiber);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef waiter_methods[] = {
+    {"wait", (PyCFunction)waiter_wait, METH_NOARGS,
+     "wait($self, /)\n--\n\n"
+     "Suspend the calling fiber until ``wake``/``fail``; return the value or raise the error.\n"
+     "\n"
+     "Returns at once when already woken. A suspension point: cancelling the fiber raises\n"
+     "``CancelledError`` here (then see ``take_back``); after ``cancel()`` it raises\n"
+     "``CancelledError`` too. Raises ``NoGreenContext`` outside green code and ``RuntimeError``\n"
+     "when called a second time."},
+    {"check_waker", (PyCFunction)waiter_check_waker, METH_NOARGS,
+     "check_waker($self, /)\n--\n\n"
+     "Raise ``RuntimeError`` now, changing nothing, when a ``wake`` from the caller would\n"
+     "come from another thread than the waiting fiber's loop (see ``_check_waker_thread``)."},
+    {"wake", (PyCFunction)(void (*)(void))waiter_wake, METH_FASTCALL | METH_KEYWORDS,
+     "wake($self, /, value=None)\n--\n\n"
+     "Resume the waiting fiber with ``value`` -- possibly running it before returning.\n"
+     "\n"
+     "False when already woken, failed or cancelled, or when the fiber is being cancelled: the\n"
+     "caller keeps ``value``. Never suspends."},
+    {"fail", (PyCFunction)(void (*)(void))waiter_fail, METH_FASTCALL | METH_KEYWORDS,
+     "fail($self, /, exc)\n--\n\n"
+     "Resume the waiting fiber by raising ``exc`` in it; False as for ``wake``."},
+    {"done", (PyCFunction)waiter_done, METH_NOARGS,
+     "done($self, /)\n--\n\n"
+     "True once woken, failed or cancelled."},
+    {"cancel", (PyCFunction)waiter_cancel, METH_NOARGS,
+     "cancel($self, /)\n--\n\n"
+     "Cancel the wait from outside: ``wait()`` raises ``CancelledError``. False when the\n"
+     "waiter was already woken, failed or cancelled."},
+    {"take_back", (PyCFunction)waiter_take_back, METH_NOARGS,
+     "take_back($self, /)\n--\n\n"
+     "After ``wait()`` raised ``CancelledError``: ``(True, value)`` when a value had been\n"
+     "accepted by ``wake`` anyway (put it back), else ``(False, None)``."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef waiter_members[] = {
+    {"_fiber", Py_T_OBJECT_EX, offsetof(WaiterObject, fiber), Py_READONLY, NULL},
+    {"_future", Py_T_OBJECT_EX, offsetof(WaiterObject, future), Py_READONLY, NULL},
+    {"_value", Py_T_OBJECT_EX, offsetof(WaiterObject, value), Py_READONLY, NULL},
+    {"_state", Py_T_INT, offsetof(WaiterObject, state), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject Waiter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenbridge._speedups.Waiter",
+    .tp_basicsize = sizeof(WaiterObject),
+    .tp_dealloc = (destructor)waiter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Waiter()\n--\n\n"
+              "A one-shot wake-up for the green fiber that calls ``wait()``. See the module "
+              "docstring.",
+    .tp_traverse = (traverseproc)waiter_traverse,
+    .tp_clear = (inquiry)waiter_clear,
+    .tp_methods = waiter_methods,
+    .tp_members = waiter_members,
+    .tp_new = waiter_new,
+    .tp_vectorcall = waiter_vectorcall,
+};
+
+/* WakeBatch: _wake_batch.WakeBatch (see that module's memo). A Waiter of the C type is woken
+   without a method call; anything else through its ``wake``. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *waiters;  /* a list */
+    char scheduled;     /* a flush is scheduled with the loop, and then waiters is not empty */
+} WakeBatchObject;
+
+static PyObject *
+wb_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "WakeBatch() takes no arguments");
+        return NULL;
+    }
+    WakeBatchObject *self = PyObject_GC_New(WakeBatchObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->scheduled = 0;
+    self->waiters = PyList_New(0);
+    if (self->waiters == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+wb_traverse(WakeBatchObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->waiters);
+    return 0;
+}
+
+static int
+wb_clear(WakeBatchObject *self)
+{
+    Py_CLEAR(self->waiters);
+    return 0;
+}
+
+static void
+wb_dealloc(WakeBatchObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    wb_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+wb_add(WakeBatchObject *self, PyObject *waiter)
+{
+    if (self->waiters == NULL || get_running_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenbridge._speedups: init_control was not called");
+        return NULL;
+    }
+    if (PyList_Append(self->waiters, waiter) < 0) {
+        return NULL;
+    }
+    if (!self->scheduled) {
+        self->scheduled = 1;
+        PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+        if (loop == NULL) {
+            return NULL;
+        }
+        PyObject *flush = PyObject_GetAttr((PyObject *)self, str_flush);
+        if (flush == NULL) {
+            Py_DECREF(loop);
+            return NULL;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(loop, str_call_soon, flush);
+        Py_DECREF(flush);
+        Py_DECREF(loop);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+wb_flush(WakeBatchObject *self, PyObject *unused)
+{
+    if (self->waiters == NULL) {
+        Py_RETURN_NONE;  /* cleared by the garbage collector */
+    }
+    self->scheduled = 0;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) {
+        return NULL;
+    }
+    PyObject *waiters = self->waiters;  /* the batch's reference moves here */
+    self->waiters = fresh;
+    /* The list is ours alone now: a waker that adds to the batch adds to ``fresh``. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(waiters); i++) {
+        PyObject *waiter = PyList_GET_ITEM(waiters, i);
+        PyObject *r;
+        if (Py_IS_TYPE(waiter, &Waiter_Type)) {
+            r = settled(waiter_settle((WaiterObject *)waiter, W_WOKEN, Py_None));
+        }
+        else {
+            r = call_method0(waiter, str_wake);
+        }
+        if (r == NULL) {
+            Py_DECREF(waiters);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(waiters);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+wb_get_waiters(WakeBatchObject *self, void *closure)
+{
+    if (self->waiters == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(self->waiters);
+}
+
+static PyObject *
+wb_get_scheduled(WakeBatchObject *self, void *closure)
+{
+    return Py_NewRef(self->scheduled ? Py_True : Py_False);
+}
+
+static PyMethodDef wb_methods[] = {
+    {"add", (PyCFunction)wb_add, METH_O,
+     "add($self, waiter, /)\n--\n\n"
+     "Wake ``waiter`` at the loop's next run of its ready callbacks. Called on the loop."},
+    {"_flush", (PyCFunction)wb_flush, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef wb_getset[] = {
+    {"_waiters", (getter)wb_get_waiters, NULL, NULL, NULL},
+    {"_scheduled", (getter)wb_get_scheduled, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WakeBatch_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenbridge._speedups.WakeBatch",
+    .tp_basicsize = sizeof(WakeBatchObject),
+    .tp_dealloc = (destructor)wb_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "WakeBatch()\n--\n\n"
+              "Waiters woken by the transport callbacks of one loop, resumed together, in order, "
+              "from one\nloop callback of their own: see the module memo.",
+    .tp_traverse = (traverseproc)wb_traverse,
+    .tp_clear = (inquiry)wb_clear,
+    .tp_methods = wb_methods,
+    .tp_getset = wb_getset,
+    .tp_new = wb_new,
+};
+
+/* init_waiter(foreign_future, await_from_green, check_waker_thread, CancelledError) ->
+   (Waiter, WakeBatch): the helpers the rare paths call. After init_control. */
+static PyObject *
+init_waiter(PyObject *module, PyObject *args)
+{
+    PyObject *foreign, *await, *check, *cancelled;
+    if (!PyArg_ParseTuple(args, "OOOO:init_waiter", &foreign, &await, &check, &cancelled)) {
+        return NULL;
+    }
+    if (parked == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "init_waiter: call init_control first");
+        return NULL;
+    }
+    Py_XSETREF(foreign_future, Py_NewRef(foreign));
+    Py_XSETREF(waiter_await, Py_NewRef(await));
+    Py_XSETREF(check_waker_thread, Py_NewRef(check));
+    Py_XSETREF(cancelled_error, Py_NewRef(cancelled));
+    return PyTuple_Pack(2, (PyObject *)&Waiter_Type, (PyObject *)&WakeBatch_Type);
+}
+
+/* Called by PyInit__speedups. */
+static int
+waiter_register(PyObject *module)
+{
+    str_wake = PyUnicode_InternFromString("wake");
+    str_flush = PyUnicode_InternFromString("_flush");
+    str_call_soon = PyUnicode_InternFromString("call_soon");
+    str_value_kw = PyUnicode_InternFromString("value");
+    str_exc_kw = PyUnicode_InternFromString("exc");
+    if (!str_wake || !str_flush || !str_call_soon || !str_value_kw || !str_exc_kw) {
+        return -1;
+    }
+    if (PyType_Ready(&Waiter_Type) < 0 || PyType_Ready(&WakeBatch_Type) < 0) {
+        return -1;
+    }
+    Py_INCREF(&Waiter_Type);
+    if (PyModule_AddObject(module, "Waiter", (PyObject *)&Waiter_Type) < 0) {
+        Py_DECREF(&Waiter_Type);
+        return -1;
+    }
+    Py_INCREF(&WakeBatch_Type);
+    if (PyModule_AddObject(module, "WakeBatch", (PyObject *)&WakeBatch_Type) < 0) {
+        Py_DECREF(&WakeBatch_Type);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
      "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
@@ -1916,6 +2624,9 @@ static PyMethodDef methods[] = {
     {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
      "drive(fn, args, kwargs[, child]): _core._drive in C (call init_driver first)"},
     {"resume", resume, METH_O, "_control._resume in C (call init_control first)"},
+    {"init_waiter", init_waiter, METH_VARARGS,
+     "init_waiter(foreign_future, await_from_green, check_waker_thread, CancelledError) -> "
+     "(Waiter, WakeBatch) (call init_control first)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1948,6 +2659,9 @@ PyInit__speedups(void)
     }
     PyObject *module = PyModule_Create(&module_def);
     if (module != NULL && (receive_buffer_register(module) < 0 || driver_register(module) < 0)) {
+        Py_CLEAR(module);
+    }
+    if (module != NULL && waiter_register(module) < 0) {
         Py_CLEAR(module);
     }
     return module;

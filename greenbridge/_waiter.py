@@ -19,20 +19,30 @@ Rules every user of a Waiter follows:
 * If ``wait()`` raises ``CancelledError`` although a value had already been accepted (the
   cancellation arrived between the wake-up and the fiber running), ``take_back()`` returns
   ``(True, value)`` and the caller must put the value back where it came from.
+
+Two implementations
+-------------------
+``PyWaiter`` below, and the same class in C in ``_speedups.c`` (a wait and a wake-up without a
+Python frame between the caller and ``_park``/``_resume``). ``Waiter`` is the C one when the
+accelerator is built and ``GREENBRIDGE_NO_SPEEDUPS`` is unset, as for ``_park`` and ``_resume``;
+else this one. The C one takes the rare paths through the Python helpers here
+(``_foreign_future``) and in ``_control`` (``_check_waker_thread``). ``tests/test_waiter.py``
+runs every test on both, and a differential test holds them to the same results.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlet import getcurrent
 
+from ._accelerator import speedups
 from ._control import _check_waker_thread, _Fiber, _park, _resume
 from ._core import _no_green_message, await_from_green, in_green
 from ._errors import NoGreenContext
 
-__all__ = ("Waiter",)
+__all__ = ("SPEEDUPS", "PyWaiter", "Waiter")
 
 _PENDING = 0  # nobody woke it yet
 _WOKEN = 1  # _value is the value
@@ -41,7 +51,7 @@ _CANCELLED = 3  # cancel() was called, or the waiting fiber was cancelled before
 _TAKEN_BACK = 4  # woken, but the fiber was cancelled before it could return the value
 
 
-class Waiter:
+class PyWaiter:
     """A one-shot wake-up for the green fiber that calls ``wait()``. See the module docstring."""
 
     __slots__ = ("_fiber", "_future", "_state", "_value")
@@ -92,9 +102,7 @@ class Waiter:
         raise RuntimeError("Waiter.wait() was called again after it was interrupted")
 
     def _wait_foreign(self) -> Any:
-        if not in_green():
-            raise NoGreenContext(_no_green_message("a greenbridge wait"))
-        self._future = future = asyncio.get_running_loop().create_future()
+        self._future = future = _foreign_future()
         try:
             await_from_green(future)
         except BaseException:
@@ -158,3 +166,25 @@ class Waiter:
             self._state = _CANCELLED
             return True, value
         return False, None
+
+
+def _foreign_future() -> asyncio.Future[None]:
+    """The Future a wait in another library's green context awaits (the greenlet convention);
+    ``NoGreenContext`` outside green code. Both Waiters' ``_wait_foreign`` take it from here."""
+    if not in_green():
+        raise NoGreenContext(_no_green_message("a greenbridge wait"))
+    return asyncio.get_running_loop().create_future()
+
+
+# The C version (see "Two implementations" in the module memo): with the C _park and _resume, or
+# not at all.
+SPEEDUPS = False
+if TYPE_CHECKING:
+    Waiter = PyWaiter
+else:
+    Waiter = PyWaiter
+    if (_speedups := speedups()) is not None and hasattr(_speedups, "init_waiter"):
+        Waiter, _CWakeBatch = _speedups.init_waiter(
+            _foreign_future, await_from_green, _check_waker_thread, asyncio.CancelledError
+        )
+        SPEEDUPS = True

@@ -4,7 +4,7 @@ The sweep itself (the program, the injection, the checks) is ``tests/_ki_sweep.p
 a process of its own, where counting the live fibers and greenlets after each of its hundreds of
 runs is cheap and no other test's signal handler or heap gets in the way. The suite interrupts
 every 5th line event (``GREENBRIDGE_KI_STRIDE``, default 5, or 1 under the ``long`` hypothesis
-profile: every line event, about 3,400 per backend).
+profile: every line event; how many: see ``_ki_sweep``).
 """
 
 from __future__ import annotations
