@@ -455,8 +455,10 @@ future_done(PyObject *future)
     return res;
 }
 
-/* fiber._direct = fiber.parent.switch(value) is _WOKEN, and False when the switch raises. */
-static PyObject *
+/* fiber._direct = fiber.parent.switch(value) is _WOKEN, and False when the switch raises.
+   Inlined, as park_fiber is: each C frame between the fiber's Python code and greenlet's switch
+   is on the saved stack of every suspended fiber. */
+static inline Py_ALWAYS_INLINE PyObject *
 switch_to_parent(PyObject *fiber, PyObject *value)
 {
     PyObject *parent = PyObject_GetAttr(fiber, str_parent);
@@ -477,8 +479,8 @@ switch_to_parent(PyObject *fiber, PyObject *value)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-park(PyObject *module, PyObject *fiber)
+static inline Py_ALWAYS_INLINE PyObject *
+park_fiber(PyObject *fiber)
 {
     if (check_fiber(fiber) < 0) {
         return NULL;
@@ -546,6 +548,12 @@ park(PyObject *module, PyObject *fiber)
     PyObject *res = switch_to_parent(fiber, future);
     Py_DECREF(future);
     return res;
+}
+
+static PyObject *
+park(PyObject *module, PyObject *fiber)
+{
+    return park_fiber(fiber);
 }
 
 /* Make ``waker_task`` current again on ``loop`` after the fiber ran as ``task``. An exception
@@ -2118,7 +2126,7 @@ waiter_wait(WaiterObject *self, PyObject *unused)
         }
         waiter_set(&self->fiber, fiber);
         while (self->state == W_PENDING) {
-            PyObject *r = park(NULL, fiber);
+            PyObject *r = park_fiber(fiber);
             if (r == NULL) {
                 waiter_interrupted(self);
                 break;
