@@ -789,6 +789,7 @@ typedef struct {
     PyObject *fiber;               /* from the first step until the outcome */
     PyObject *sub;                 /* what it awaits for the fiber (the foreign convention) */
     PyObject *child;               /* a forked fiber's _switch._Child, until the first step */
+    PyObject *label;               /* the function the fiber runs for the caller: its name */
     int state;
 } DriverObject;
 
@@ -1370,6 +1371,7 @@ driver_traverse(DriverObject *self, visitproc visit, void *arg)
     Py_VISIT(self->fiber);
     Py_VISIT(self->sub);
     Py_VISIT(self->child);
+    Py_VISIT(self->label);
     return 0;
 }
 
@@ -1382,6 +1384,7 @@ driver_clear(DriverObject *self)
     Py_CLEAR(self->fiber);
     Py_CLEAR(self->sub);
     Py_CLEAR(self->child);
+    Py_CLEAR(self->label);
     return 0;
 }
 
@@ -1416,9 +1419,30 @@ static PyMethodDef driver_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The name of the function the fiber runs, which asyncio shows for a Task made of the driver
+   (``coro=<name()>``) as it shows a coroutine's: its __qualname__ or __name__ (``which``), else
+   its type's name. */
+static PyObject *
+driver_get_name(DriverObject *self, void *which)
+{
+    PyObject *name = PyObject_GetAttrString(self->label, (const char *)which);
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        name = PyObject_GetAttrString(self->label, "__name__");
+    }
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        name = PyType_GetName(Py_TYPE(self->label));
+    }
+    return name;
+}
+
 static PyGetSetDef driver_getset[] = {
     {"fiber", (getter)driver_get_fiber, NULL,
      "The fiber it drives: None before the first step and once the call has finished.", NULL},
+    {"__qualname__", (getter)driver_get_name, NULL, "The qualified name of the function run.",
+     "__qualname__"},
+    {"__name__", (getter)driver_get_name, NULL, "The name of the function run.", "__name__"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1468,6 +1492,12 @@ drive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     self->kwargs = Py_NewRef(args[2]);
     self->fiber = self->sub = NULL;
     self->child = nargs == 4 ? Py_NewRef(args[3]) : NULL;
+    /* A forked fiber's call is Switch._run_child(switch, child, fn, args): name it by fn. */
+    PyObject *label = args[0];
+    if (nargs == 4 && PyTuple_GET_SIZE(args[1]) == 4) {
+        label = PyTuple_GET_ITEM(args[1], 2);
+    }
+    self->label = Py_NewRef(label);
     self->state = DRIVER_FRESH;
     PyObject_GC_Track(self);
     return (PyObject *)self;

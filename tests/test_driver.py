@@ -337,3 +337,24 @@ def test_a_forked_fibers_task_is_made_of_the_driver_and_it_is_a_coroutine_to_asy
 
 def test_the_driver_is_no_generator_but_types_coroutine_accepts_its_python_twin() -> None:
     assert isinstance(_core._drive_py((lambda: None), (), {}), types.GeneratorType)
+
+
+def test_a_task_made_of_the_driver_is_named_by_the_function_its_fiber_runs(run_green: Run) -> None:
+    if _core._C_DRIVER is None:
+        pytest.skip("the C accelerator is not used")
+
+    def background() -> None:
+        pass
+
+    def main() -> str:
+        names: list[str] = []
+        with gb.Switch() as sw:
+            sw.fork(lambda: names.append(repr(asyncio.current_task())))
+            sw.fork(background)
+            sw.fork(lambda: names.append(repr(asyncio.current_task())))
+        return names[0]
+
+    assert "coro=<test_a_task_made_of_the_driver_is_named_by_the_function_its_fiber_runs" in run_green(main)
+    assert _core._drive(len, (), {}).__qualname__ == "len"
+    assert _core._drive(background, (), {}).__name__ == "background"
+    assert _core._drive(object(), (), {}).__qualname__ == "object"
