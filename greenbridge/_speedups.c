@@ -97,6 +97,22 @@ take_exception(void)
     return value;
 }
 
+/* Ready ``type`` and add it to ``module`` as ``name`` (each type's registration, called by
+   PyInit__speedups). -1 with an exception set. */
+static int
+add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    if (PyType_Ready(type) < 0) {
+        return -1;
+    }
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 /* greenlet's C API: the capsule greenlet._C_API, an array of functions in the numbering of
    greenlet.h, which greenlet keeps stable. Switching through it rather than calling the
    ``switch`` method takes the method call's C frames off a switching fiber's stack, which greenlet
@@ -1538,16 +1554,10 @@ driver_register(PyObject *module)
     str_gr_context = PyUnicode_InternFromString("gr_context");
     str_close = PyUnicode_InternFromString("close");
     str_forking = PyUnicode_InternFromString("forking");
-    if (!str_idle || !str_loop || !str_gr_context || !str_close || !str_forking
-        || PyType_Ready(&Driver_Type) < 0) {
+    if (!str_idle || !str_loop || !str_gr_context || !str_close || !str_forking) {
         return -1;
     }
-    Py_INCREF(&Driver_Type);
-    if (PyModule_AddObject(module, "Driver", (PyObject *)&Driver_Type) < 0) {
-        Py_DECREF(&Driver_Type);
-        return -1;
-    }
-    return 0;
+    return add_type(module, "Driver", &Driver_Type);
 }
 
 /* -- The receive buffer: _receive_buffer.ReceiveBuffer in C -- */
@@ -1930,15 +1940,7 @@ static PyTypeObject ReceiveBuffer_Type = {
 static int
 receive_buffer_register(PyObject *module)
 {
-    if (PyType_Ready(&ReceiveBuffer_Type) < 0) {
-        return -1;
-    }
-    Py_INCREF(&ReceiveBuffer_Type);
-    if (PyModule_AddObject(module, "ReceiveBuffer", (PyObject *)&ReceiveBuffer_Type) < 0) {
-        Py_DECREF(&ReceiveBuffer_Type);
-        return -1;
-    }
-    return 0;
+    return add_type(module, "ReceiveBuffer", &ReceiveBuffer_Type);
 }
 
 /* -- Waiter and WakeBatch: _waiter.Waiter and _wake_batch.WakeBatch in C ----------------------
@@ -2632,20 +2634,10 @@ waiter_register(PyObject *module)
     if (!str_wake || !str_flush || !str_call_soon || !str_value_kw || !str_exc_kw) {
         return -1;
     }
-    if (PyType_Ready(&Waiter_Type) < 0 || PyType_Ready(&WakeBatch_Type) < 0) {
+    if (add_type(module, "Waiter", &Waiter_Type) < 0) {
         return -1;
     }
-    Py_INCREF(&Waiter_Type);
-    if (PyModule_AddObject(module, "Waiter", (PyObject *)&Waiter_Type) < 0) {
-        Py_DECREF(&Waiter_Type);
-        return -1;
-    }
-    Py_INCREF(&WakeBatch_Type);
-    if (PyModule_AddObject(module, "WakeBatch", (PyObject *)&WakeBatch_Type) < 0) {
-        Py_DECREF(&WakeBatch_Type);
-        return -1;
-    }
-    return 0;
+    return add_type(module, "WakeBatch", &WakeBatch_Type);
 }
 
 static PyMethodDef methods[] = {

@@ -169,8 +169,10 @@ def test_a_stopiteration_of_the_function_becomes_a_runtimeerror(drive: Drive) ->
     assert info.value.__cause__.args == ("inner",)
 
 
-def test_close_unwinds_a_suspended_fiber(drive: Drive) -> None:
-    unwound = []
+def suspended_in_try_finally(drive: Drive) -> tuple[Any, list[str]]:
+    """A driver whose fiber is suspended inside ``try``/``finally``, and the list its ``finally``
+    appends to."""
+    unwound: list[str] = []
 
     def fn() -> None:
         try:
@@ -180,6 +182,11 @@ def test_close_unwinds_a_suspended_fiber(drive: Drive) -> None:
 
     it = drive(fn, (), {})
     it.send(None)
+    return it, unwound
+
+
+def test_close_unwinds_a_suspended_fiber(drive: Drive) -> None:
+    it, unwound = suspended_in_try_finally(drive)
     assert it.close() is None
     assert unwound == ["finally"]
     with pytest.raises(StopIteration):
@@ -224,16 +231,7 @@ def test_an_error_raised_while_closing_propagates(drive: Drive) -> None:
 
 
 def test_a_driver_collected_while_suspended_unwinds_its_fiber(drive: Drive) -> None:
-    unwound = []
-
-    def fn() -> None:
-        try:
-            suspend()
-        finally:
-            unwound.append("finally")
-
-    it = drive(fn, (), {})
-    it.send(None)
+    it, unwound = suspended_in_try_finally(drive)
     del it
     gc.collect()
     assert unwound == ["finally"]
