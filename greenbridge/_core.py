@@ -24,7 +24,7 @@ the Task. What the Task throws in (cancellation, an awaited future's error) is t
 fiber. When the fiber reports ``_FINISHED`` the driver returns the result, or raises the
 exception, so the awaiter sees it with the user's own frames on the traceback.
 
-With the C accelerator, ``_drive`` is ``_speedups.drive``: the same steps in an object of 80
+With the C accelerator, ``_drive`` is ``_speedups.drive``: the same steps in an object of 96
 bytes that the coroutine steps through ``am_send``, where a suspended generator costs about 600
 (itself and the frame object greenlet makes for it when it switches away). A fiber forked on a
 ``Switch`` goes further: its Task is made of the driver itself, with no coroutine around it
@@ -547,7 +547,7 @@ if (_speedups := speedups()) is not None:
         _get_running_loop,
         _task_of,
     )
-    # The driver too: an object of 80 bytes in place of a generator and its frame (about 600 B
+    # The driver too: an object of 96 bytes in place of a generator and its frame (about 600 B
     # per suspended fiber), stepped by the coroutine through ``am_send``. See _speedups.c.
     _drive = _speedups.init_driver(
         _Fiber,

@@ -247,7 +247,7 @@ class Switch:
                 coro = self._child_main(child, fn, args)
             else:
                 # The C driver is the Task's coroutine itself, and does _child_main's work (given
-                # the child, it reschedules a first step taken inside fork): one object of 88 B in
+                # the child, it reschedules a first step taken inside fork): one object of 96 B in
                 # place of a coroutine, its frame object and the driver (about 800 B a fiber).
                 coro = _drive(Switch._run_child, (self, child, fn, args), _NO_KWARGS, child)  # type: ignore[call-arg]
             child.task = self._loop.create_task(coro)
