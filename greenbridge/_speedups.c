@@ -97,6 +97,13 @@ take_exception(void)
     return value;
 }
 
+/* Raise ``exc`` (an exception instance) with its own traceback, as ``raise exc`` does. */
+static void
+raise_exception(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+}
+
 /* Ready ``type`` and add it to ``module`` as ``name`` (each type's registration, called by
    PyInit__speedups). -1 with an exception set. */
 static int
@@ -154,7 +161,7 @@ throw_into(PyObject *it, PyObject *exc, PyObject **out)
             return PYGEN_ERROR;
         }
         PyErr_Clear();
-        PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+        raise_exception(exc);
         *out = NULL;
         return PYGEN_ERROR;
     }
@@ -213,6 +220,28 @@ check_own_task(PyObject *fiber)
     return 0;
 }
 
+/* 1 when ``out`` is for the Task (None or a Future whose _asyncio_future_blocking is true), 0 when
+   not (a hand-over of the foreign convention, to the driver; a bad yield, to await_from_green),
+   -1 on error. */
+static int
+for_the_task(PyObject *out)
+{
+    if (out == Py_None) {
+        return 1;
+    }
+    PyObject *blocking = PyObject_GetAttr(out, str_blocking);
+    if (blocking == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    int res = PyObject_IsTrue(blocking);
+    Py_DECREF(blocking);
+    return res;
+}
+
 static PyObject *
 await_from_green(PyObject *module, PyObject *awaitable)
 {
@@ -264,26 +293,12 @@ await_from_green(PyObject *module, PyObject *awaitable)
         if (out != Py_None) {
             /* Only None and blocking Futures go to the driver; anything else is a buggy
                awaitable, failed as a Task would fail it (see _core._bad_yield). */
-            PyObject *blocking = PyObject_GetAttr(out, str_blocking);
-            int ok = 0;
-            if (blocking == NULL) {
-                if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                    Py_DECREF(out);
-                    out = NULL;
-                    status = PYGEN_ERROR;
-                    break;
-                }
-                PyErr_Clear();
-            }
-            else {
-                ok = PyObject_IsTrue(blocking);
-                Py_DECREF(blocking);
-                if (ok < 0) {
-                    Py_DECREF(out);
-                    out = NULL;
-                    status = PYGEN_ERROR;
-                    break;
-                }
+            int ok = for_the_task(out);
+            if (ok < 0) {
+                Py_DECREF(out);
+                out = NULL;
+                status = PYGEN_ERROR;
+                break;
             }
             if (!ok) {
                 PyObject *exc = PyObject_CallOneArg(bad_yield, out);
@@ -987,27 +1002,6 @@ driver_adopt(PyObject *fiber)
     return err;
 }
 
-/* 1 when ``out`` is for the Task (None or a blocking Future), 0 when it is a hand-over of the
-   foreign convention, -1 on error. */
-static int
-for_the_task(PyObject *out)
-{
-    if (out == Py_None) {
-        return 1;
-    }
-    PyObject *blocking = PyObject_GetAttr(out, str_blocking);
-    if (blocking == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            return -1;
-        }
-        PyErr_Clear();
-        return 0;
-    }
-    int res = PyObject_IsTrue(blocking);
-    Py_DECREF(blocking);
-    return res;
-}
-
 /* The fiber finished: take its outcome. PYGEN_RETURN with the result, or PYGEN_ERROR with its
    exception raised, the _fiber_main frame dropped from the traceback. */
 static PySendResult
@@ -1076,7 +1070,7 @@ driver_step(DriverObject *self, PyObject *value, PyObject *exc, PyObject **resul
         return PYGEN_ERROR;
     case DRIVER_DONE:
         if (exc != NULL) {
-            PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+            raise_exception(exc);
             return PYGEN_ERROR;
         }
         *result = Py_NewRef(Py_None);
@@ -1084,7 +1078,7 @@ driver_step(DriverObject *self, PyObject *value, PyObject *exc, PyObject **resul
     case DRIVER_FRESH:
         if (exc != NULL) {  /* thrown in before the first step: raised there, and done */
             driver_finish(self);
-            PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+            raise_exception(exc);
             return PYGEN_ERROR;
         }
         if (value != Py_None) {
@@ -1141,7 +1135,7 @@ driver_step(DriverObject *self, PyObject *value, PyObject *exc, PyObject **resul
             }
             if (closed != NULL) {
                 Py_DECREF(closed);
-                PyErr_Restore(Py_NewRef(Py_TYPE(exc)), Py_NewRef(exc), PyException_GetTraceback(exc));
+                raise_exception(exc);
             }
             status = PYGEN_ERROR;
         }
@@ -1223,15 +1217,20 @@ driver_am_send(DriverObject *self, PyObject *value, PyObject **result)
     return driver_step(self, value, NULL, result);
 }
 
-/* The StopIteration a finished step raises from next() and send() (none for a None result). */
+/* What next() (``always`` 0) or send() and throw() (``always`` 1) return for a step: the value
+   yielded, or NULL with StopIteration raised for a return -- which next() may leave unraised for
+   a None result, as a generator's tp_iternext does. */
 static PyObject *
-driver_returned(PySendResult status, PyObject *result)
+driver_returned(PySendResult status, PyObject *result, int always)
 {
     if (status == PYGEN_NEXT) {
         return result;
     }
     if (status == PYGEN_RETURN) {
-        if (result != Py_None) {
+        if (result == Py_None && always) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else if (result != Py_None) {
             PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
             if (stop != NULL) {
                 PyErr_SetObject(PyExc_StopIteration, stop);
@@ -1248,7 +1247,7 @@ driver_iternext(DriverObject *self)
 {
     PyObject *result;
     PySendResult status = driver_step(self, Py_None, NULL, &result);
-    return driver_returned(status, result);
+    return driver_returned(status, result, 0);
 }
 
 static PyObject *
@@ -1256,12 +1255,7 @@ driver_send(DriverObject *self, PyObject *value)
 {
     PyObject *result;
     PySendResult status = driver_step(self, value, NULL, &result);
-    if (status == PYGEN_RETURN && result == Py_None) {
-        Py_DECREF(result);
-        PyErr_SetNone(PyExc_StopIteration);  /* send() always raises on return, next() may not */
-        return NULL;
-    }
-    return driver_returned(status, result);
+    return driver_returned(status, result, 1);
 }
 
 /* throw(exc) / throw(type[, value[, traceback]]): the exception to throw in, normalized. */
@@ -1313,12 +1307,7 @@ driver_throw(DriverObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result;
     PySendResult status = driver_step(self, NULL, exc, &result);
     Py_DECREF(exc);
-    if (status == PYGEN_RETURN && result == Py_None) {
-        Py_DECREF(result);
-        PyErr_SetNone(PyExc_StopIteration);
-        return NULL;
-    }
-    return driver_returned(status, result);
+    return driver_returned(status, result, 1);
 }
 
 static PyObject *
