@@ -1,7 +1,8 @@
 /* Optional C accelerator for the hottest paths of greenbridge: await_from_green in a fiber, and
  * (below, "Direct resumption") _control._park and _control._resume, the two steps of every
- * direct resumption; the driver of a spawn_green call (_core._drive, "The driver"); and (at the
- * end) a connection's receive buffer, _receive_buffer's class.
+ * direct resumption; the driver of a spawn_green call (_core._drive, "The driver"); and (near
+ * the end) a connection's receive buffer, _receive_buffer's class, _waiter's Waiter and
+ * WakeBatch, and a connection's read and write paths (_protocol, "Connections").
  * Each does what the Python code it replaces does, which stays and is used when this module is
  * missing or GREENBRIDGE_NO_SPEEDUPS=1 is set.
  *
@@ -24,7 +25,8 @@
  *
  * The module holds no state but the objects _core and _control give it in init() and
  * init_control(); it never owns a fiber.
- * (And the helpers _waiter gives init_waiter: see "Waiter and WakeBatch", near the end.)
+ * (And the helpers _waiter gives init_waiter: see "Waiter and WakeBatch", near the end; and
+ * _protocol's, given to init_connection: see "Connections", after it.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2629,6 +2631,761 @@ waiter_register(PyObject *module)
     return add_type(module, "WakeBatch", &WakeBatch_Type);
 }
 
+/* -- Connections: the hot paths of _protocol in C -----------------------------------------------
+ *
+ * ``ConnProtocol`` is the base of _protocol._ConnProtocol: it holds the protocol's state in C
+ * fields, under the attribute names the Python methods use (so the cold paths stay Python and
+ * read and write them as before), and has the five methods every round trip calls:
+ * ``get_buffer``, ``buffer_updated``, ``take``, ``read_into`` and ``wait_for_input``.
+ * init_connection makes Connection's ``read``, ``read_into`` and ``write`` of the three functions
+ * below (method descriptors of the Connection class, with the Python methods' docstrings). They
+ * do the Python methods' steps, in the same order, for the common case -- a count that is a
+ * positive int, a protocol of this type -- and hand every other case to the Python method,
+ * which stays: ``n <= 0``, an empty buffer to read into, a write after ``shutdown("send")``,
+ * and the wait for a drained send buffer after a write (``_wait_drained``).
+ *
+ * Being C, these steps cannot be interrupted between two of them; the Python calls they make
+ * (the loop's ``time`` and ``call_at``, the transport's ``write`` and ``is_closing``, a park)
+ * can raise, and every such exit leaves the state as the Python ``finally`` clauses do: no
+ * reader left registered, no reading slot left busy. */
+
+#ifndef Py_T_BOOL  /* Python 3.11 */
+#define Py_T_BOOL T_BOOL
+#define Py_T_DOUBLE T_DOUBLE
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *transport, *loop, *wakeups, *rx, *reader, *read_timeout, *timer, *drainer, *error;
+    double reader_since, timer_at;
+    char read_paused, eof, drop_input, write_paused, lost, keep_open_on_eof;
+} ConnProtocolObject;
+
+static PyTypeObject ConnProtocol_Type;
+static PyObject *closed_error;      /* _errors.ClosedResourceError */
+static PyObject *connection_error;  /* _protocol._connection_error */
+static PyObject *conn_py_read, *conn_py_read_into, *conn_py_write;  /* the Python methods */
+static PyObject *conn_docs;         /* keeps the three docstrings' UTF-8 alive */
+static Py_ssize_t conn_rx_limit = -1;  /* _protocol.RECEIVE_BUFFER_SIZE */
+static Py_ssize_t conn_chunk;          /* _flow.DEFAULT_CHUNK */
+static PyObject *str_room, *str_filled, *str_take, *str_read_into, *str_clear, *str_buffered,
+    *str_pause_reading, *str_maybe_resume, *str_time, *str_call_at, *str_cancel, *str_add,
+    *str_check_timeout, *str__closed, *str__protocol, *str__reading, *str__writing,
+    *str__read_timeout, *str__send_closed, *str__transport, *str_busy, *str_acquire,
+    *str_is_closing, *str_write, *str_broken, *str_wait_drained;
+
+#define CP_OBJECT(name, field) \
+    {name, Py_T_OBJECT_EX, offsetof(ConnProtocolObject, field), 0, NULL}
+#define CP_FLAG(name, field) \
+    {name, Py_T_BOOL, offsetof(ConnProtocolObject, field), 0, NULL}
+
+static PyMemberDef cp_members[] = {
+    CP_OBJECT("_transport", transport),
+    CP_OBJECT("_loop", loop),
+    CP_OBJECT("_wakeups", wakeups),
+    CP_OBJECT("_rx", rx),
+    CP_OBJECT("_reader", reader),
+    CP_OBJECT("_read_timeout", read_timeout),
+    CP_OBJECT("_timer", timer),
+    CP_OBJECT("_drainer", drainer),
+    CP_OBJECT("_error", error),
+    {"_reader_since", Py_T_DOUBLE, offsetof(ConnProtocolObject, reader_since), 0, NULL},
+    {"_timer_at", Py_T_DOUBLE, offsetof(ConnProtocolObject, timer_at), 0, NULL},
+    CP_FLAG("_read_paused", read_paused),
+    CP_FLAG("_eof", eof),
+    CP_FLAG("_drop_input", drop_input),
+    CP_FLAG("_write_paused", write_paused),
+    CP_FLAG("_lost", lost),
+    CP_FLAG("_keep_open_on_eof", keep_open_on_eof),
+    {NULL, 0, 0, 0, NULL},
+};
+
+
+static PyObject *
+cp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ConnProtocolObject *self = (ConnProtocolObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    PyObject **fields[] = {&self->transport, &self->loop, &self->wakeups, &self->rx,
+                           &self->reader, &self->read_timeout, &self->timer, &self->drainer,
+                           &self->error};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        *fields[i] = Py_NewRef(Py_None);
+    }
+    return (PyObject *)self;
+}
+
+static int
+cp_traverse(ConnProtocolObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->transport);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->wakeups);
+    Py_VISIT(self->rx);
+    Py_VISIT(self->reader);
+    Py_VISIT(self->read_timeout);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->drainer);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+cp_clear(ConnProtocolObject *self)
+{
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->wakeups);
+    Py_CLEAR(self->rx);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->read_timeout);
+    Py_CLEAR(self->timer);
+    Py_CLEAR(self->drainer);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+/* A Python subclass's instances own a reference to their class: subtype_dealloc drops it. */
+static void
+cp_dealloc(ConnProtocolObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    cp_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The fields cannot be deleted (the C paths read them without a NULL test); assigning goes as
+   for any attribute. */
+static int
+cp_setattro(PyObject *self, PyObject *name, PyObject *value)
+{
+    if (value == NULL && PyUnicode_Check(name)) {
+        for (PyMemberDef *m = cp_members; m->name != NULL; m++) {
+            if (m->type == Py_T_OBJECT_EX && PyUnicode_CompareWithASCIIString(name, m->name) == 0) {
+                PyErr_Format(PyExc_AttributeError, "cannot delete the field %U of a connection's "
+                             "protocol", name);
+                return -1;
+            }
+        }
+    }
+    return PyObject_GenericSetAttr(self, name, value);
+}
+
+/* The buffer's unread byte count, or -1 with an error. */
+static Py_ssize_t
+cp_buffered(PyObject *rx)
+{
+    if (Py_IS_TYPE(rx, &ReceiveBuffer_Type)) {
+        return ((ReceiveBufferObject *)rx)->buffered;
+    }
+    PyObject *n = PyObject_GetAttr(rx, str_buffered);
+    if (n == NULL) {
+        return -1;
+    }
+    Py_ssize_t res = PyNumber_AsSsize_t(n, PyExc_OverflowError);
+    Py_DECREF(n);
+    return res;
+}
+
+/* Hand a reader or drainer taken from its field (a reference moves in) to the wake batch. */
+static int
+cp_batch(ConnProtocolObject *self, PyObject *waiter)
+{
+    PyObject *wakeups = Py_NewRef(self->wakeups);
+    PyObject *r = Py_IS_TYPE(wakeups, &WakeBatch_Type)
+        ? wb_add((WakeBatchObject *)wakeups, waiter)
+        : PyObject_CallMethodOneArg(wakeups, str_add, waiter);
+    Py_DECREF(wakeups);
+    Py_DECREF(waiter);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+cp_get_buffer(ConnProtocolObject *self, PyObject *sizehint)
+{
+    PyObject *rx = Py_NewRef(self->rx);
+    PyObject *room = Py_IS_TYPE(rx, &ReceiveBuffer_Type)
+        ? rb_room((ReceiveBufferObject *)rx, NULL)
+        : call_method0(rx, str_room);
+    Py_DECREF(rx);
+    return room;
+}
+
+static PyObject *
+cp_buffer_updated(ConnProtocolObject *self, PyObject *nbytes)
+{
+    PyObject *rx = Py_NewRef(self->rx);
+    int exact = Py_IS_TYPE(rx, &ReceiveBuffer_Type);
+    PyObject *r = exact ? rb_filled((ReceiveBufferObject *)rx, nbytes)
+                        : PyObject_CallMethodOneArg(rx, str_filled, nbytes);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    if (self->drop_input) {
+        r = exact ? rb_clear((ReceiveBufferObject *)rx, NULL) : call_method0(rx, str_clear);
+        Py_DECREF(rx);
+        return r;
+    }
+    Py_ssize_t buffered = cp_buffered(rx);
+    if (buffered < 0) {
+        goto fail;
+    }
+    Py_DECREF(rx);
+    if (buffered >= conn_rx_limit && !self->read_paused) {
+        self->read_paused = 1;
+        PyObject *transport = Py_NewRef(self->transport);
+        r = call_method0(transport, str_pause_reading);
+        Py_DECREF(transport);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if (self->reader != Py_None) {
+        PyObject *reader = self->reader;  /* the field's reference moves to cp_batch */
+        self->reader = Py_NewRef(Py_None);
+        if (cp_batch(self, reader) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(rx);
+    return NULL;
+}
+
+/* After a read: ``_maybe_resume_reading`` (Python) when this protocol paused the transport. */
+static PyObject *
+cp_after_read(ConnProtocolObject *self, PyObject *res)
+{
+    if (res != NULL && self->read_paused) {
+        PyObject *r = call_method0((PyObject *)self, str_maybe_resume);
+        if (r == NULL) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return res;
+}
+
+static PyObject *
+cp_take(ConnProtocolObject *self, PyObject *n)
+{
+    PyObject *rx = Py_NewRef(self->rx);
+    PyObject *data = Py_IS_TYPE(rx, &ReceiveBuffer_Type)
+        ? rb_take((ReceiveBufferObject *)rx, n)
+        : PyObject_CallMethodOneArg(rx, str_take, n);
+    Py_DECREF(rx);
+    return cp_after_read(self, data);
+}
+
+static PyObject *
+cp_read_into(ConnProtocolObject *self, PyObject *out)
+{
+    PyObject *rx = Py_NewRef(self->rx);
+    PyObject *n = Py_IS_TYPE(rx, &ReceiveBuffer_Type)
+        ? rb_read_into((ReceiveBufferObject *)rx, out)
+        : PyObject_CallMethodOneArg(rx, str_read_into, out);
+    Py_DECREF(rx);
+    return cp_after_read(self, n);
+}
+
+/* Arm the read-timeout timer for a wait that started at ``since``, unless one is due sooner. */
+static int
+cp_arm_timer(ConnProtocolObject *self, double since, PyObject *timeout)
+{
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    double at = since + seconds;
+    if (self->timer != Py_None && !(self->timer_at > at)) {
+        return 0;  /* the timer fires no later than this wait's deadline */
+    }
+    if (self->timer != Py_None) {
+        PyObject *timer = Py_NewRef(self->timer);
+        PyObject *r = call_method0(timer, str_cancel);
+        Py_DECREF(timer);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    self->timer_at = at;
+    PyObject *when = PyFloat_FromDouble(at);
+    PyObject *check = when != NULL ? PyObject_GetAttr((PyObject *)self, str_check_timeout) : NULL;
+    PyObject *timer = NULL;
+    if (check != NULL) {
+        PyObject *loop = Py_NewRef(self->loop);
+        PyObject *call[] = {loop, when, check};
+        timer = PyObject_VectorcallMethod(str_call_at, call,
+                                          3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(loop);
+    }
+    Py_XDECREF(check);
+    Py_XDECREF(when);
+    if (timer == NULL) {
+        return -1;
+    }
+    Py_SETREF(self->timer, timer);
+    return 0;
+}
+
+static PyObject *
+cp_wait_for_input(ConnProtocolObject *self, PyObject *timeout)
+{
+    if (waiter_ready() < 0) {
+        return NULL;
+    }
+    PyObject *waiter = waiter_alloc(&Waiter_Type);
+    if (waiter == NULL) {
+        return NULL;
+    }
+    Py_SETREF(self->reader, Py_NewRef(waiter));
+    PyObject *res = NULL;
+    PyObject *loop = Py_NewRef(self->loop);
+    PyObject *now = call_method0(loop, str_time);
+    Py_DECREF(loop);
+    double since = now != NULL ? PyFloat_AsDouble(now) : -1.0;
+    Py_XDECREF(now);
+    if (since == -1.0 && PyErr_Occurred()) {
+        goto done;
+    }
+    self->reader_since = since;
+    Py_SETREF(self->read_timeout, Py_NewRef(timeout));
+    if (timeout != Py_None && cp_arm_timer(self, since, timeout) < 0) {
+        goto done;
+    }
+    res = waiter_wait((WaiterObject *)waiter, NULL);
+done:
+    /* The ``finally``: keep a raised exception across dropping the field's reference. */
+    if (self->reader == waiter) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        Py_SETREF(self->reader, Py_NewRef(Py_None));
+        PyErr_Restore(type, exc, tb);
+    }
+    Py_DECREF(waiter);
+    return res;
+}
+
+static PyMethodDef cp_methods[] = {
+    {"get_buffer", (PyCFunction)cp_get_buffer, METH_O,
+     "get_buffer($self, sizehint, /)\n--\n\n"
+     "The room of the receive buffer, for the transport to receive into."},
+    {"buffer_updated", (PyCFunction)cp_buffer_updated, METH_O,
+     "buffer_updated($self, nbytes, /)\n--\n\n"
+     "The transport wrote ``nbytes`` into the room: pause reading at the bound, wake the "
+     "reader."},
+    {"take", (PyCFunction)cp_take, METH_O,
+     "take($self, n, /)\n--\n\n"
+     "Up to ``n`` buffered bytes, removed from the buffer; resumes reading when it drained."},
+    {"read_into", (PyCFunction)cp_read_into, METH_O,
+     "read_into($self, out, /)\n--\n\n"
+     "Move buffered bytes into ``out`` (as ``take``); return how many."},
+    {"wait_for_input", (PyCFunction)cp_wait_for_input, METH_O,
+     "wait_for_input($self, timeout, /)\n--\n\n"
+     "Park the calling fiber until the transport says there may be more to read.\n\n"
+     "A cancellation point. Raises ``ReadTimeout`` once it has waited ``timeout`` seconds\n"
+     "(None: no limit); nothing is lost either way. See \"Read timeouts\" in _protocol's memo."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ConnProtocol_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenbridge._speedups.ConnProtocol",
+    .tp_basicsize = sizeof(ConnProtocolObject),
+    .tp_dealloc = (destructor)cp_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The state and the hot paths of greenbridge._protocol._ConnProtocol, its base (see "
+              "the comment in the source). The fields start as None, False and 0.0.",
+    .tp_traverse = (traverseproc)cp_traverse,
+    .tp_clear = (inquiry)cp_clear,
+    .tp_setattro = cp_setattro,
+    .tp_methods = cp_methods,
+    .tp_members = cp_members,
+    .tp_new = cp_new,
+};
+
+/* The Python method ``fallback`` called as the C one was: ``self`` first. */
+static PyObject *
+conn_fallback(PyObject *fallback, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[4];
+    PyObject **stack = total < 4 ? small : PyMem_Malloc((total + 1) * sizeof(PyObject *));
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        stack[i + 1] = args[i];
+    }
+    PyObject *res = PyObject_Vectorcall(fallback, stack, nargs + 1, kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return res;
+}
+
+/* The connection's protocol when it is of this type (a new reference), else NULL with no error
+   set; NULL with an error when the attribute is missing. */
+static ConnProtocolObject *
+conn_protocol(PyObject *self)
+{
+    PyObject *p = PyObject_GetAttr(self, str__protocol);
+    if (p != NULL && !PyObject_TypeCheck(p, &ConnProtocol_Type)) {
+        Py_CLEAR(p);
+    }
+    return (ConnProtocolObject *)p;
+}
+
+/* The truth of an attribute; -1 with an error. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int t = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* Raise the exception instance ``exc`` (a new reference, consumed), or keep the error when it is
+   NULL. */
+static void
+raise_consumed(PyObject *exc)
+{
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+/* Connection._input_ready: 1 once bytes are buffered (waiting for them if need be), 0 at end of
+   input, -1 with an error. */
+static int
+conn_input_ready(PyObject *self, ConnProtocolObject *p)
+{
+    for (;;) {
+        int closed = attr_true(self, str__closed);
+        if (closed != 0) {
+            if (closed > 0) {
+                PyErr_SetString(closed_error, "read from a connection after close()");
+            }
+            return -1;
+        }
+        PyObject *rx = Py_NewRef(p->rx);
+        Py_ssize_t buffered = cp_buffered(rx);
+        Py_DECREF(rx);
+        if (buffered != 0) {
+            return buffered > 0 ? 1 : -1;
+        }
+        if (p->drop_input || p->eof) {
+            return 0;
+        }
+        if (p->lost) {
+            if (p->error == Py_None) {
+                return 0;
+            }
+            raise_consumed(PyObject_CallOneArg(connection_error, p->error));
+            return -1;
+        }
+        PyObject *reading = PyObject_GetAttr(self, str__reading);
+        if (reading == NULL) {
+            return -1;
+        }
+        int busy = attr_true(reading, str_busy);
+        if (busy > 0) {
+            PyObject *r = call_method0(reading, str_acquire);  /* raises BusyResourceError */
+            Py_XDECREF(r);
+            busy = r == NULL ? -1 : 0;
+        }
+        PyObject *timeout = NULL;
+        if (busy < 0 || PyObject_SetAttr(reading, str_busy, Py_True) < 0) {
+            Py_DECREF(reading);
+            return -1;
+        }
+        timeout = PyObject_GetAttr(self, str__read_timeout);
+        PyObject *r = timeout != NULL ? cp_wait_for_input(p, timeout) : NULL;
+        Py_XDECREF(timeout);
+        /* The ``finally``: the slot is free again, whatever happened. */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        int freed = PyObject_SetAttr(reading, str_busy, Py_False);
+        Py_DECREF(reading);
+        if (type != NULL) {
+            if (freed < 0) {
+                PyErr_Clear();  /* the error of the wait is the one to report */
+            }
+            PyErr_Restore(type, exc, tb);
+            return -1;
+        }
+        if (freed < 0) {
+            Py_XDECREF(r);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+}
+
+/* Connection.read(n=DEFAULT_CHUNK) */
+static PyObject *
+conn_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *n_obj = NULL;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs == 1 && nkw == 0) {
+        n_obj = args[0];
+    }
+    else if (nargs == 0 && nkw == 1 && PyUnicode_CompareWithASCIIString(
+                                              PyTuple_GET_ITEM(kwnames, 0), "n") == 0) {
+        n_obj = args[0];
+    }
+    else if (nargs != 0 || nkw != 0) {
+        return conn_fallback(conn_py_read, self, args, nargs, kwnames);
+    }
+    Py_ssize_t n = conn_chunk;
+    if (n_obj != NULL) {
+        if (!PyLong_CheckExact(n_obj)) {
+            return conn_fallback(conn_py_read, self, args, nargs, kwnames);
+        }
+        n = PyLong_AsSsize_t(n_obj);
+        if (n == -1 && PyErr_Occurred()) {
+            PyErr_Clear();  /* a huge count: the Python method takes it */
+            return conn_fallback(conn_py_read, self, args, nargs, kwnames);
+        }
+    }
+    if (n <= 0) {
+        return conn_fallback(conn_py_read, self, args, nargs, kwnames);
+    }
+    ConnProtocolObject *p = conn_protocol(self);
+    if (p == NULL) {
+        return PyErr_Occurred() ? NULL : conn_fallback(conn_py_read, self, args, nargs, kwnames);
+    }
+    PyObject *res = NULL;
+    int ready = conn_input_ready(self, p);
+    if (ready > 0) {
+        PyObject *count = n_obj != NULL ? Py_NewRef(n_obj) : PyLong_FromSsize_t(n);
+        if (count != NULL) {
+            res = cp_take(p, count);
+            Py_DECREF(count);
+        }
+    }
+    else if (ready == 0) {
+        res = PyBytes_FromStringAndSize(NULL, 0);
+    }
+    Py_DECREF(p);
+    return res;
+}
+
+/* Connection.read_into(buf, /) */
+static PyObject *
+conn_read_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || kwnames != NULL) {
+        return conn_fallback(conn_py_read_into, self, args, nargs, kwnames);
+    }
+    Py_ssize_t len = PyObject_Length(args[0]);
+    if (len <= 0) {
+        if (len < 0) {
+            return NULL;  /* len(buf) raised, as in the Python method */
+        }
+        return conn_fallback(conn_py_read_into, self, args, nargs, kwnames);
+    }
+    ConnProtocolObject *p = conn_protocol(self);
+    if (p == NULL) {
+        return PyErr_Occurred() ? NULL
+                                : conn_fallback(conn_py_read_into, self, args, nargs, kwnames);
+    }
+    PyObject *res = NULL;
+    int ready = conn_input_ready(self, p);
+    if (ready > 0) {
+        res = cp_read_into(p, args[0]);
+    }
+    else if (ready == 0) {
+        res = PyLong_FromLong(0);
+    }
+    Py_DECREF(p);
+    return res;
+}
+
+/* transport.is_closing(): 1, 0, or -1 with an error. */
+static int
+conn_is_closing(PyObject *transport)
+{
+    PyObject *r = call_method0(transport, str_is_closing);
+    if (r == NULL) {
+        return -1;
+    }
+    int t = r == Py_True ? 1 : r == Py_False ? 0 : PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+/* Connection.write(data, /) */
+static PyObject *
+conn_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || kwnames != NULL) {
+        return conn_fallback(conn_py_write, self, args, nargs, kwnames);
+    }
+    int refused = attr_true(self, str__send_closed);
+    if (refused != 0) {
+        return refused < 0 ? NULL : conn_fallback(conn_py_write, self, args, nargs, kwnames);
+    }
+    ConnProtocolObject *p = conn_protocol(self);
+    if (p == NULL) {
+        return PyErr_Occurred() ? NULL : conn_fallback(conn_py_write, self, args, nargs, kwnames);
+    }
+    PyObject *writing = NULL, *transport = NULL, *data = NULL, *res = NULL;
+    writing = PyObject_GetAttr(self, str__writing);
+    int busy = writing != NULL ? attr_true(writing, str_busy) : -1;
+    if (busy > 0) {
+        PyObject *r = call_method0(writing, str_acquire);  /* raises BusyResourceError */
+        Py_XDECREF(r);
+        busy = r == NULL ? -1 : 0;
+    }
+    if (busy < 0 || (transport = PyObject_GetAttr(self, str__transport)) == NULL) {
+        goto done;
+    }
+    int gone = p->lost ? 1 : conn_is_closing(transport);
+    if (gone != 0) {
+        if (gone > 0) {
+            raise_consumed(call_method0(self, str_broken));
+        }
+        goto done;
+    }
+    data = PyBytes_CheckExact(args[0])
+        ? Py_NewRef(args[0])
+        : PyObject_CallOneArg((PyObject *)&PyBytes_Type, args[0]);  /* the transport may keep it */
+    if (data == NULL) {
+        goto done;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(transport, str_write, data);
+    if (r == NULL) {
+        goto done;
+    }
+    Py_DECREF(r);
+    gone = conn_is_closing(transport);
+    if (gone != 0) {
+        /* The send failed (the peer reset or closed): the transport dropped the bytes and will
+           report connection_lost at the next loop iteration. Say so now. */
+        if (gone > 0) {
+            raise_consumed(call_method0(self, str_broken));
+        }
+        goto done;
+    }
+    if (p->write_paused) {
+        PyObject *r = call_method0(self, str_wait_drained);
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    res = PyLong_FromSsize_t(PyBytes_GET_SIZE(data));
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(transport);
+    Py_XDECREF(writing);
+    Py_DECREF(p);
+    return res;
+}
+
+static PyMethodDef conn_read_def = {"read", (PyCFunction)(void (*)(void))conn_read,
+                                    METH_FASTCALL | METH_KEYWORDS, NULL};
+static PyMethodDef conn_read_into_def = {"read_into", (PyCFunction)(void (*)(void))conn_read_into,
+                                         METH_FASTCALL | METH_KEYWORDS, NULL};
+static PyMethodDef conn_write_def = {"write", (PyCFunction)(void (*)(void))conn_write,
+                                     METH_FASTCALL | METH_KEYWORDS, NULL};
+
+/* init_connection(Connection, ClosedResourceError, connection_error, RECEIVE_BUFFER_SIZE,
+   DEFAULT_CHUNK, (read, read_into, write), (read_doc, read_into_doc, write_doc)) -> the three
+   C methods, descriptors of Connection, each with its docstring (a text signature first); the
+   Python methods are their fallbacks. After init_waiter. */
+static PyObject *
+init_connection(PyObject *module, PyObject *args)
+{
+    PyObject *cls, *closed, *conn_error, *py, *docs;
+    Py_ssize_t limit, chunk;
+    if (!PyArg_ParseTuple(args, "O!OOnnO!O!:init_connection", &PyType_Type, &cls, &closed,
+                          &conn_error, &limit, &chunk, &PyTuple_Type, &py, &PyTuple_Type, &docs)) {
+        return NULL;
+    }
+    if (waiter_ready() < 0) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(py) != 3 || PyTuple_GET_SIZE(docs) != 3) {
+        PyErr_SetString(PyExc_ValueError, "init_connection: three methods and three docstrings");
+        return NULL;
+    }
+    const char *utf8[3];
+    for (int i = 0; i < 3; i++) {
+        PyObject *doc = PyTuple_GET_ITEM(docs, i);
+        if (!PyUnicode_Check(doc) || (utf8[i] = PyUnicode_AsUTF8(doc)) == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "init_connection: docstrings are str");
+            }
+            return NULL;
+        }
+    }
+    Py_XSETREF(conn_docs, Py_NewRef(docs));
+    Py_XSETREF(closed_error, Py_NewRef(closed));
+    Py_XSETREF(connection_error, Py_NewRef(conn_error));
+    Py_XSETREF(conn_py_read, Py_NewRef(PyTuple_GET_ITEM(py, 0)));
+    Py_XSETREF(conn_py_read_into, Py_NewRef(PyTuple_GET_ITEM(py, 1)));
+    Py_XSETREF(conn_py_write, Py_NewRef(PyTuple_GET_ITEM(py, 2)));
+    conn_rx_limit = limit;
+    conn_chunk = chunk;
+    PyMethodDef *defs[] = {&conn_read_def, &conn_read_into_def, &conn_write_def};
+    PyObject *res = PyTuple_New(3);
+    for (int i = 0; res != NULL && i < 3; i++) {
+        defs[i]->ml_doc = utf8[i];
+        PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, defs[i]);
+        if (descr == NULL) {
+            Py_CLEAR(res);
+            break;
+        }
+        PyTuple_SET_ITEM(res, i, descr);
+    }
+    return res;
+}
+
+/* Called by PyInit__speedups. */
+static int
+connection_register(PyObject *module)
+{
+    struct { PyObject **str; const char *text; } names[] = {
+        {&str_room, "room"}, {&str_filled, "filled"}, {&str_take, "take"},
+        {&str_read_into, "read_into"}, {&str_clear, "clear"}, {&str_buffered, "buffered"},
+        {&str_pause_reading, "pause_reading"}, {&str_maybe_resume, "_maybe_resume_reading"},
+        {&str_time, "time"}, {&str_call_at, "call_at"}, {&str_cancel, "cancel"},
+        {&str_add, "add"}, {&str_check_timeout, "_check_read_timeout"},
+        {&str__closed, "_closed"}, {&str__protocol, "_protocol"}, {&str__reading, "_reading"},
+        {&str__writing, "_writing"}, {&str__read_timeout, "_read_timeout"},
+        {&str__send_closed, "_send_closed"}, {&str__transport, "_transport"},
+        {&str_busy, "busy"}, {&str_acquire, "acquire"}, {&str_is_closing, "is_closing"},
+        {&str_write, "write"}, {&str_broken, "_broken"}, {&str_wait_drained, "_wait_drained"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((*names[i].str = PyUnicode_InternFromString(names[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    return add_type(module, "ConnProtocol", &ConnProtocol_Type);
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS,
      "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
@@ -2646,6 +3403,10 @@ static PyMethodDef methods[] = {
     {"init_waiter", init_waiter, METH_VARARGS,
      "init_waiter(foreign_future, await_from_green, check_waker_thread, CancelledError) -> "
      "(Waiter, WakeBatch) (call init_control first)"},
+    {"init_connection", init_connection, METH_VARARGS,
+     "init_connection(Connection, ClosedResourceError, connection_error, RECEIVE_BUFFER_SIZE, "
+     "DEFAULT_CHUNK, (read, read_into, write), (read_doc, read_into_doc, write_doc)) -> the C "
+     "read, read_into and write (call init_waiter first)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2680,7 +3441,7 @@ PyInit__speedups(void)
     if (module != NULL && (receive_buffer_register(module) < 0 || driver_register(module) < 0)) {
         Py_CLEAR(module);
     }
-    if (module != NULL && waiter_register(module) < 0) {
+    if (module != NULL && (waiter_register(module) < 0 || connection_register(module) < 0)) {
         Py_CLEAR(module);
     }
     return module;
