@@ -30,6 +30,13 @@ and, to bound what the echo can reach, the same client against other servers (``
                    ``buffer_updated`` (``bench_echo``'s)
   echo-ceiling-timer -- the same with one timer pending on the loop (an hour away), as any
                    server with a timeout has: what a pending timer costs the loop itself
+  echo-streams  -- an ``asyncio.start_server`` handler (``reader.read`` / ``writer.write`` /
+                   ``await writer.drain()``): the peer the issue's streams target is set against
+
+and the native ``await`` of the first two, their floors (``bench_crossing``'s native column):
+
+  ready-native  -- a coroutine awaits a coroutine that returns at once
+  sleep0-native -- a coroutine awaits ``asyncio.sleep(0)``
 
 The server's share of a round trip is the op's figure minus the client's, which is the same in
 all of them; the differences between them are the servers' own.
@@ -59,6 +66,7 @@ HERE = Path(__file__).resolve().parent.parent
 OPS = ("ready", "sleep0", "spawn", "wake", "echo")
 ECHO_BOUNDS = (
     "echo-noidle", "echo-greenlet", "echo-greenlet-direct", "echo-ceiling", "echo-ceiling-timer",
+    "echo-streams", "ready-native", "sleep0-native",
 )  # fmt: skip
 
 
@@ -67,7 +75,7 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
     process imports the greenbridge of the tree it measures). ready, sleep0 and spawn are
     ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
     loop, so they cancel out with the rest of the start-up)."""
-    from bench_crossing import _timed_bridge
+    from bench_crossing import _timed_bridge, _timed_native
     from bench_echo import BufferedEcho
     from greenlet import greenlet
 
@@ -170,6 +178,18 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
     class DirectGreenletEcho(GreenletEcho):
         direct = True
 
+    async def echo_streams(n: int) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        await client(server.sockets[0].getsockname()[1], n)
+        server.close()
+        await server.wait_closed()
+
     return {
         "ready": crossing("await_ready"),
         "sleep0": crossing("await_sleep0"),
@@ -181,6 +201,9 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
         "echo-greenlet-direct": lambda n: echo_protocol(DirectGreenletEcho, n),
         "echo-ceiling": lambda n: echo_protocol(BufferedEcho, n),
         "echo-ceiling-timer": lambda n: echo_protocol(BufferedEcho, n, timer=True),
+        "echo-streams": echo_streams,
+        "ready-native": lambda n: _timed_native("await_ready", n),
+        "sleep0-native": lambda n: _timed_native("await_sleep0", n),
     }
 
 
