@@ -130,8 +130,49 @@ add_type(PyObject *module, const char *name, PyTypeObject *type)
    otherwise NULL, and the ``switch`` method is called. */
 static void **greenlet_api;
 #define GREENLET_TYPE_NUM 0
+#define GREENLET_GETCURRENT_NUM 4
 #define GREENLET_SWITCH_NUM 6
+#define GREENLET_GET_PARENT_NUM 11
 typedef PyObject *(*greenlet_switch_fn)(PyObject *, PyObject *, PyObject *);
+typedef PyObject *(*greenlet_current_fn)(void);
+typedef PyObject *(*greenlet_parent_fn)(PyObject *);
+typedef int (*greenlet_set_parent_fn)(PyObject *, PyObject *);
+#define GREENLET_SET_PARENT_NUM 7
+
+/* greenlet.getcurrent() as a new reference (the ``getcurrent`` init was given is greenlet's; with
+   the C API, without a call through the function object). */
+static inline PyObject *
+current_greenlet(void)
+{
+    if (greenlet_api == NULL) {
+        return PyObject_CallNoArgs(getcurrent);
+    }
+    return ((greenlet_current_fn)greenlet_api[GREENLET_GETCURRENT_NUM])();
+}
+
+/* g.parent as a new reference (g is a greenlet; None when it has none, as the attribute). */
+static inline PyObject *
+greenlet_parent(PyObject *g)
+{
+    if (greenlet_api == NULL) {
+        return PyObject_GetAttr(g, str_parent);
+    }
+    PyObject *parent = ((greenlet_parent_fn)greenlet_api[GREENLET_GET_PARENT_NUM])(g);
+    if (parent == NULL && !PyErr_Occurred()) {
+        parent = Py_NewRef(Py_None);
+    }
+    return parent;
+}
+
+/* g.parent = parent: 0, or -1 with the error (ValueError for a cycle, as the attribute). */
+static inline int
+set_greenlet_parent(PyObject *g, PyObject *parent)
+{
+    if (greenlet_api == NULL) {
+        return PyObject_SetAttr(g, str_parent, parent);
+    }
+    return ((greenlet_set_parent_fn)greenlet_api[GREENLET_SET_PARENT_NUM])(g, parent);
+}
 
 /* g.switch(value) as a new reference. Inlined: a frame of its own would deepen the stack of every
    suspended fiber again. */
@@ -247,7 +288,7 @@ for_the_task(PyObject *out)
 static PyObject *
 await_from_green(PyObject *module, PyObject *awaitable)
 {
-    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    PyObject *current = current_greenlet();
     if (current == NULL) {
         return NULL;
     }
@@ -334,7 +375,7 @@ await_from_green(PyObject *module, PyObject *awaitable)
         /* The parent is looked up at every suspension, never kept: under an eager task factory
          * the fiber's first step ran in its creator, and _core._drive re-parents it to the loop
          * greenlet before the next one. */
-        PyObject *parent = PyObject_GetAttr(current, str_parent);
+        PyObject *parent = greenlet_parent(current);
         if (parent == NULL) {
             Py_DECREF(out);
             out = NULL;
@@ -494,7 +535,7 @@ future_done(PyObject *future)
 static inline Py_ALWAYS_INLINE PyObject *
 switch_to_parent(PyObject *fiber, PyObject *value)
 {
-    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    PyObject *parent = greenlet_parent(fiber);
     if (parent == NULL) {
         return NULL;
     }
@@ -685,8 +726,8 @@ resume(PyObject *module, PyObject *fiber)
         }
         Py_RETURN_FALSE;
     }
-    PyObject *waker = PyObject_CallNoArgs(getcurrent);
-    PyObject *parent = waker ? PyObject_GetAttr(fiber, str_parent) : NULL;
+    PyObject *waker = current_greenlet();
+    PyObject *parent = waker ? greenlet_parent(fiber) : NULL;
     if (parent == NULL) {
         Py_XDECREF(waker);
         Py_DECREF(future);
@@ -877,7 +918,7 @@ driver_start(DriverObject *self)
         }
         return NULL;
     }
-    PyObject *driver = PyObject_CallNoArgs(getcurrent);
+    PyObject *driver = current_greenlet();
     if (driver == NULL) {
         return NULL;
     }
@@ -921,7 +962,7 @@ driver_start(DriverObject *self)
         fiber = Py_NewRef(PyList_GET_ITEM(idle, n - 1));
         int err = PyList_SetSlice(idle, n - 1, n, NULL);
         Py_DECREF(idle);
-        if (err < 0 || PyObject_SetAttr(fiber, str_parent, driver) < 0) {
+        if (err < 0 || set_greenlet_parent(fiber, driver) < 0) {
             goto done;
         }
     }
@@ -990,14 +1031,14 @@ done:
 static int
 driver_adopt(PyObject *fiber)
 {
-    PyObject *driver = PyObject_CallNoArgs(getcurrent);
+    PyObject *driver = current_greenlet();
     if (driver == NULL) {
         return -1;
     }
-    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    PyObject *parent = greenlet_parent(fiber);
     int err = parent == NULL ? -1 : 0;
     if (parent != NULL && parent != driver) {
-        err = PyObject_SetAttr(fiber, str_parent, driver);
+        err = set_greenlet_parent(fiber, driver);
     }
     Py_XDECREF(parent);
     Py_DECREF(driver);
@@ -2134,7 +2175,7 @@ waiter_wait(WaiterObject *self, PyObject *unused)
         if (waiter_ready() < 0) {
             return NULL;
         }
-        PyObject *fiber = PyObject_CallNoArgs(getcurrent);
+        PyObject *fiber = current_greenlet();
         if (fiber == NULL) {
             return NULL;
         }
@@ -2173,11 +2214,11 @@ waiter_wait(WaiterObject *self, PyObject *unused)
 static int
 not_from_parent(PyObject *fiber)
 {
-    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    PyObject *current = current_greenlet();
     if (current == NULL) {
         return -1;
     }
-    PyObject *parent = PyObject_GetAttr(fiber, str_parent);
+    PyObject *parent = greenlet_parent(fiber);
     Py_DECREF(current);  /* only its identity is compared: it is running */
     if (parent == NULL) {
         return -1;
