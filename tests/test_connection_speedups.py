@@ -170,6 +170,61 @@ def test_write_after_shutdown_send_and_from_a_second_writer(run_green: Run, impl
     run_green(green)
 
 
+# -- an interrupt in each call the hot paths make leaves the connection as it was ---------------------
+
+
+class _Interrupting:
+    """Stands in for a loop or a transport: ``name`` raises KeyboardInterrupt at its first call,
+    everything else is the real object's."""
+
+    def __init__(self, real: Any, name: str) -> None:
+        self._real = real
+        self._name = name
+        self.raised = False
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._real, attr)
+        if attr != self._name or self.raised:
+            return value
+
+        def interrupt(*args: Any, **kwargs: Any) -> Any:
+            self.raised = True
+            raise KeyboardInterrupt
+
+        return interrupt
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [("loop", "time"), ("loop", "call_at"), ("transport", "write"), ("transport", "is_closing")],
+)
+def test_an_interrupt_in_a_call_of_the_hot_paths_loses_nothing(
+    run_green: Run, impl: str, where: str, name: str
+) -> None:
+    def green() -> None:
+        a, b = pair(impl)
+        with a, b:
+            a.read_timeout = 30  # so that a wait arms the read timer (call_at)
+            proxy = _Interrupting(a._protocol._loop if where == "loop" else a._transport, name)
+            if where == "loop":
+                a._protocol._loop = proxy
+            else:
+                a._transport = proxy
+            with pytest.raises(KeyboardInterrupt):
+                if where == "loop":
+                    a.read()  # nothing buffered: it waits, and the wait's first calls raise
+                else:
+                    a.write(b"lost?")
+            assert proxy.raised
+            assert a._protocol._reader is None and not a._reading.busy and not a._writing.busy
+            b.write(b"after")
+            assert a.read() == b"after"
+            assert a.write(b"back") == 4
+            assert b.read() == b"back"
+
+    run_green(green)
+
+
 # -- the same results from both, for random programs ----------------------------------------------
 
 _operations = st.one_of(
