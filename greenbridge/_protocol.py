@@ -395,6 +395,12 @@ class Connection(TwoWay):
     ``wrapper.detach()`` (twice for a text wrapper) hands it back.
     """
 
+    # Slots (the instance keeps io's __dict__ besides): the C read and write paths read them in
+    # place, without an attribute lookup through this class's long MRO.
+    __slots__ = (
+        "_closed", "_protocol", "_read_timeout", "_reading", "_send_closed", "_transport", "_writing",
+    )  # fmt: skip
+
     def __init__(
         self, transport: asyncio.Transport, protocol: _ConnProtocol, *, read_timeout: float | None = None
     ) -> None:
@@ -652,6 +658,7 @@ if _speedups is not None:
 
     Connection.read, Connection.read_into, Connection.write = _speedups.init_connection(  # type: ignore[method-assign]
         Connection,
+        ExclusiveSlot,
         ClosedResourceError,
         _connection_error,
         RECEIVE_BUFFER_SIZE,

@@ -78,7 +78,7 @@ slot_offset(PyObject *type, const char *name)
         offset = ((PyMemberDescrObject *)descr)->d_member->offset;
     }
     else {
-        PyErr_Format(PyExc_TypeError, "the fiber type's %s must be a slot", name);
+        PyErr_Format(PyExc_TypeError, "%R.%s must be a slot", type, name);
     }
     Py_DECREF(descr);
     return offset;
@@ -3078,29 +3078,93 @@ conn_fallback(PyObject *fallback, PyObject *self, PyObject *const *args, Py_ssiz
     return res;
 }
 
+/* Connection's slots and ExclusiveSlot's ``busy``, read and written in place (their offsets come
+   from the classes' member descriptors, as _Fiber's do) for a Connection of exactly that class and
+   a slot of exactly that class: a subclass may have made any of them a property, and then the
+   attribute is looked up as usual. */
+static PyObject *conn_class, *exclusive_slot_class;
+static Py_ssize_t conn_protocol_offset, conn_closed_offset, conn_send_closed_offset,
+    conn_read_timeout_offset, conn_reading_offset, conn_writing_offset, conn_transport_offset,
+    slot_busy_offset;
+
+/* self.<name> as a new reference: in place when ``exact``. */
+static PyObject *
+conn_get(PyObject *self, int exact, Py_ssize_t offset, PyObject *name)
+{
+    if (!exact) {
+        return PyObject_GetAttr(self, name);
+    }
+    PyObject *value = *(PyObject **)((char *)self + offset);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+/* The truth of a value; -1 with an error. */
+static int
+truth(PyObject *v)
+{
+    return v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+}
+
+/* The truth of self.<name>; -1 with an error. */
+static int
+conn_flag(PyObject *self, int exact, Py_ssize_t offset, PyObject *name)
+{
+    PyObject *v = conn_get(self, exact, offset, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int t = truth(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* ExclusiveSlot: ``if slot.busy: slot.acquire()`` (which raises BusyResourceError), then
+   ``slot.busy = True`` when ``take``; 0, or -1 with the error. */
+static int
+slot_enter(PyObject *slot, int take)
+{
+    int exact = (PyObject *)Py_TYPE(slot) == exclusive_slot_class;
+    int busy = conn_flag(slot, exact, slot_busy_offset, str_busy);
+    if (busy > 0) {
+        PyObject *r = call_method0(slot, str_acquire);
+        Py_XDECREF(r);
+        busy = r == NULL ? -1 : 0;
+    }
+    if (busy < 0 || !take) {
+        return busy;
+    }
+    if (exact) {
+        Py_XSETREF(*(PyObject **)((char *)slot + slot_busy_offset), Py_NewRef(Py_True));
+        return 0;
+    }
+    return PyObject_SetAttr(slot, str_busy, Py_True);
+}
+
+/* ``slot.busy = False``; 0, or -1 with the error. */
+static int
+slot_leave(PyObject *slot)
+{
+    if ((PyObject *)Py_TYPE(slot) == exclusive_slot_class) {
+        Py_XSETREF(*(PyObject **)((char *)slot + slot_busy_offset), Py_NewRef(Py_False));
+        return 0;
+    }
+    return PyObject_SetAttr(slot, str_busy, Py_False);
+}
+
 /* The connection's protocol when it is of this type (a new reference), else NULL with no error
    set; NULL with an error when the attribute is missing. */
 static ConnProtocolObject *
-conn_protocol(PyObject *self)
+conn_protocol(PyObject *self, int exact)
 {
-    PyObject *p = PyObject_GetAttr(self, str__protocol);
+    PyObject *p = conn_get(self, exact, conn_protocol_offset, str__protocol);
     if (p != NULL && !PyObject_TypeCheck(p, &ConnProtocol_Type)) {
         Py_CLEAR(p);
     }
     return (ConnProtocolObject *)p;
-}
-
-/* The truth of an attribute; -1 with an error. */
-static int
-attr_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) {
-        return -1;
-    }
-    int t = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return t;
 }
 
 /* Raise the exception instance ``exc`` (a new reference, consumed), or keep the error when it is
@@ -3117,10 +3181,10 @@ raise_consumed(PyObject *exc)
 /* Connection._input_ready: 1 once bytes are buffered (waiting for them if need be), 0 at end of
    input, -1 with an error. */
 static int
-conn_input_ready(PyObject *self, ConnProtocolObject *p)
+conn_input_ready(PyObject *self, int exact, ConnProtocolObject *p)
 {
     for (;;) {
-        int closed = attr_true(self, str__closed);
+        int closed = conn_flag(self, exact, conn_closed_offset, str__closed);
         if (closed != 0) {
             if (closed > 0) {
                 PyErr_SetString(closed_error, "read from a connection after close()");
@@ -3143,28 +3207,21 @@ conn_input_ready(PyObject *self, ConnProtocolObject *p)
             raise_consumed(PyObject_CallOneArg(connection_error, p->error));
             return -1;
         }
-        PyObject *reading = PyObject_GetAttr(self, str__reading);
+        PyObject *reading = conn_get(self, exact, conn_reading_offset, str__reading);
         if (reading == NULL) {
             return -1;
         }
-        int busy = attr_true(reading, str_busy);
-        if (busy > 0) {
-            PyObject *r = call_method0(reading, str_acquire);  /* raises BusyResourceError */
-            Py_XDECREF(r);
-            busy = r == NULL ? -1 : 0;
-        }
-        PyObject *timeout = NULL;
-        if (busy < 0 || PyObject_SetAttr(reading, str_busy, Py_True) < 0) {
+        if (slot_enter(reading, 1) < 0) {
             Py_DECREF(reading);
             return -1;
         }
-        timeout = PyObject_GetAttr(self, str__read_timeout);
+        PyObject *timeout = conn_get(self, exact, conn_read_timeout_offset, str__read_timeout);
         PyObject *r = timeout != NULL ? cp_wait_for_input(p, timeout) : NULL;
         Py_XDECREF(timeout);
         /* The ``finally``: the slot is free again, whatever happened. */
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
-        int freed = PyObject_SetAttr(reading, str_busy, Py_False);
+        int freed = slot_leave(reading);
         Py_DECREF(reading);
         if (type != NULL) {
             if (freed < 0) {
@@ -3211,12 +3268,13 @@ conn_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     if (n <= 0) {
         return conn_fallback(conn_py_read, self, args, nargs, kwnames);
     }
-    ConnProtocolObject *p = conn_protocol(self);
+    int exact = (PyObject *)Py_TYPE(self) == conn_class;
+    ConnProtocolObject *p = conn_protocol(self, exact);
     if (p == NULL) {
         return PyErr_Occurred() ? NULL : conn_fallback(conn_py_read, self, args, nargs, kwnames);
     }
     PyObject *res = NULL;
-    int ready = conn_input_ready(self, p);
+    int ready = conn_input_ready(self, exact, p);
     if (ready > 0) {
         PyObject *count = n_obj != NULL ? Py_NewRef(n_obj) : PyLong_FromSsize_t(n);
         if (count != NULL) {
@@ -3245,13 +3303,14 @@ conn_read_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         }
         return conn_fallback(conn_py_read_into, self, args, nargs, kwnames);
     }
-    ConnProtocolObject *p = conn_protocol(self);
+    int exact = (PyObject *)Py_TYPE(self) == conn_class;
+    ConnProtocolObject *p = conn_protocol(self, exact);
     if (p == NULL) {
         return PyErr_Occurred() ? NULL
                                 : conn_fallback(conn_py_read_into, self, args, nargs, kwnames);
     }
     PyObject *res = NULL;
-    int ready = conn_input_ready(self, p);
+    int ready = conn_input_ready(self, exact, p);
     if (ready > 0) {
         res = cp_read_into(p, args[0]);
     }
@@ -3270,7 +3329,7 @@ conn_is_closing(PyObject *transport)
     if (r == NULL) {
         return -1;
     }
-    int t = r == Py_True ? 1 : r == Py_False ? 0 : PyObject_IsTrue(r);
+    int t = truth(r);
     Py_DECREF(r);
     return t;
 }
@@ -3282,23 +3341,19 @@ conn_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     if (nargs != 1 || kwnames != NULL) {
         return conn_fallback(conn_py_write, self, args, nargs, kwnames);
     }
-    int refused = attr_true(self, str__send_closed);
+    int exact = (PyObject *)Py_TYPE(self) == conn_class;
+    int refused = conn_flag(self, exact, conn_send_closed_offset, str__send_closed);
     if (refused != 0) {
         return refused < 0 ? NULL : conn_fallback(conn_py_write, self, args, nargs, kwnames);
     }
-    ConnProtocolObject *p = conn_protocol(self);
+    ConnProtocolObject *p = conn_protocol(self, exact);
     if (p == NULL) {
         return PyErr_Occurred() ? NULL : conn_fallback(conn_py_write, self, args, nargs, kwnames);
     }
     PyObject *writing = NULL, *transport = NULL, *data = NULL, *res = NULL;
-    writing = PyObject_GetAttr(self, str__writing);
-    int busy = writing != NULL ? attr_true(writing, str_busy) : -1;
-    if (busy > 0) {
-        PyObject *r = call_method0(writing, str_acquire);  /* raises BusyResourceError */
-        Py_XDECREF(r);
-        busy = r == NULL ? -1 : 0;
-    }
-    if (busy < 0 || (transport = PyObject_GetAttr(self, str__transport)) == NULL) {
+    writing = conn_get(self, exact, conn_writing_offset, str__writing);
+    if (writing == NULL || slot_enter(writing, 0) < 0
+        || (transport = conn_get(self, exact, conn_transport_offset, str__transport)) == NULL) {
         goto done;
     }
     int gone = p->lost ? 1 : conn_is_closing(transport);
@@ -3351,22 +3406,38 @@ static PyMethodDef conn_read_into_def = {"read_into", (PyCFunction)(void (*)(voi
 static PyMethodDef conn_write_def = {"write", (PyCFunction)(void (*)(void))conn_write,
                                      METH_FASTCALL | METH_KEYWORDS, NULL};
 
-/* init_connection(Connection, ClosedResourceError, connection_error, RECEIVE_BUFFER_SIZE,
-   DEFAULT_CHUNK, (read, read_into, write), (read_doc, read_into_doc, write_doc)) -> the three
-   C methods, descriptors of Connection, each with its docstring (a text signature first); the
-   Python methods are their fallbacks. After init_waiter. */
+/* init_connection(Connection, ExclusiveSlot, ClosedResourceError, connection_error,
+   RECEIVE_BUFFER_SIZE, DEFAULT_CHUNK, (read, read_into, write), (read_doc, read_into_doc,
+   write_doc)) -> the three C methods, descriptors of Connection, each with its docstring (a text
+   signature first); the Python methods are their fallbacks. Connection's hot attributes and
+   ExclusiveSlot's ``busy`` must be slots. After init_waiter. */
 static PyObject *
 init_connection(PyObject *module, PyObject *args)
 {
-    PyObject *cls, *closed, *conn_error, *py, *docs;
+    PyObject *cls, *slot_cls, *closed, *conn_error, *py, *docs;
     Py_ssize_t limit, chunk;
-    if (!PyArg_ParseTuple(args, "O!OOnnO!O!:init_connection", &PyType_Type, &cls, &closed,
-                          &conn_error, &limit, &chunk, &PyTuple_Type, &py, &PyTuple_Type, &docs)) {
+    if (!PyArg_ParseTuple(args, "O!O!OOnnO!O!:init_connection", &PyType_Type, &cls, &PyType_Type,
+                          &slot_cls, &closed, &conn_error, &limit, &chunk, &PyTuple_Type, &py,
+                          &PyTuple_Type, &docs)) {
         return NULL;
     }
     if (waiter_ready() < 0) {
         return NULL;
     }
+    struct { Py_ssize_t *offset; PyObject *type; const char *name; } slots[] = {
+        {&conn_protocol_offset, cls, "_protocol"}, {&conn_closed_offset, cls, "_closed"},
+        {&conn_send_closed_offset, cls, "_send_closed"},
+        {&conn_read_timeout_offset, cls, "_read_timeout"}, {&conn_reading_offset, cls, "_reading"},
+        {&conn_writing_offset, cls, "_writing"}, {&conn_transport_offset, cls, "_transport"},
+        {&slot_busy_offset, slot_cls, "busy"},
+    };
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        if ((*slots[i].offset = slot_offset(slots[i].type, slots[i].name)) < 0) {
+            return NULL;
+        }
+    }
+    Py_XSETREF(conn_class, Py_NewRef(cls));
+    Py_XSETREF(exclusive_slot_class, Py_NewRef(slot_cls));
     if (PyTuple_GET_SIZE(py) != 3 || PyTuple_GET_SIZE(docs) != 3) {
         PyErr_SetString(PyExc_ValueError, "init_connection: three methods and three docstrings");
         return NULL;
@@ -3445,7 +3516,8 @@ static PyMethodDef methods[] = {
      "init_waiter(foreign_future, await_from_green, check_waker_thread, CancelledError) -> "
      "(Waiter, WakeBatch) (call init_control first)"},
     {"init_connection", init_connection, METH_VARARGS,
-     "init_connection(Connection, ClosedResourceError, connection_error, RECEIVE_BUFFER_SIZE, "
+     "init_connection(Connection, ExclusiveSlot, ClosedResourceError, connection_error, "
+     "RECEIVE_BUFFER_SIZE, "
      "DEFAULT_CHUNK, (read, read_into, write), (read_doc, read_into_doc, write_doc)) -> the C "
      "read, read_into and write (call init_waiter first)"},
     {NULL, NULL, 0, NULL},

@@ -114,6 +114,36 @@ def test_the_protocol_fields_cannot_be_deleted(run_green: Run) -> None:
     run_green(green)
 
 
+class _Subclass(Connection):
+    """A user's subclass: the C methods look its attributes up, where one may be a property."""
+
+    reads = 0
+
+    @property  # type: ignore[override]
+    def _read_timeout(self) -> float | None:
+        self.reads += 1
+        return None
+
+    @_read_timeout.setter
+    def _read_timeout(self, seconds: float | None) -> None:
+        pass
+
+
+def test_a_subclass_of_connection_has_its_attributes_looked_up(run_green: Run, impl: str) -> None:
+    def green() -> None:
+        a, b = pair(impl)
+        with a, b:
+            sub = _Subclass(a._transport, a._protocol)
+            seen: list[bytes] = []
+            # The read starts first (fork order), waits, and looks the timeout up for its wait.
+            gb.fiber.both(lambda: seen.append(sub.read()), lambda: b.write(b"one"))
+            assert seen == [b"one"] and sub.reads == 1
+            assert sub.write(b"back") == 4
+            assert b.read() == b"back"
+
+    run_green(green)
+
+
 # -- the cases the C methods hand to the Python ones ----------------------------------------------
 
 
