@@ -63,9 +63,12 @@ rest: a count that is not a positive ``int``, an empty buffer to read into, a wr
 both call. Everything else (the callbacks other than the two of every read, the read timer,
 closing) is Python in both. ``PyConnProtocol`` is the all-Python class, the pure-Python build's
 ``_ConnProtocol``; ``tests/test_connection_speedups.py`` holds the two to the same results with
-random programs. Measured by ``benchmarks/bench_instructions.py --ops echo`` (one 1 KiB round
-trip, client included): 129,912 to 127,647 instructions on asyncio's loop, 52,912 to 48,890 on
-uvloop; what is left of the server's share is the loop's, the switches' and the Task's.
+random programs. The Connection's attributes the C methods read are slots, read in place (for a
+Connection and an ExclusiveSlot of exactly those classes; a subclass's are looked up, as one may
+be a property). Measured by ``benchmarks/bench_instructions.py --ops echo`` (one 1 KiB round
+trip, client included): 129,420 to 121,374 instructions on asyncio's loop, 52,912 to 42,610 on
+uvloop, where the floor of a direct-style server (``echo-greenlet``) is 40,040; what is left
+over the floor is the loop's callback, the Task's and the wait's bookkeeping.
 """
 
 from __future__ import annotations
