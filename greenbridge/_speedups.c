@@ -862,6 +862,8 @@ throw_raised(PyObject *fiber)
     return out;
 }
 
+static PyObject *fibers_new_fiber(PyObject *run, PyObject *parent);  /* Fibers' bookkeeping */
+
 /* The first step: take a fiber (from the pool, or a new one) and switch into it with the call.
    The fiber's first hand-over as a new reference, or NULL. */
 static PyObject *
@@ -925,7 +927,7 @@ driver_start(DriverObject *self)
     }
     else {
         Py_DECREF(idle);
-        if ((fiber = call2(fiber_type, fiber_main, driver)) == NULL) {
+        if ((fiber = fibers_new_fiber(fiber_main, driver)) == NULL) {
             goto done;
         }
         if ((PyObject *)Py_TYPE(fiber) != fiber_type) {
@@ -2184,6 +2186,8 @@ not_from_parent(PyObject *fiber)
     return current != parent;
 }
 
+static int fibers_check_waker_thread(PyObject *fiber);  /* Fibers' bookkeeping */
+
 /* check_waker_thread(fiber) when the caller is not the fiber's parent; -1 when it raised. */
 static int
 waiter_check_thread(PyObject *fiber)
@@ -2192,12 +2196,7 @@ waiter_check_thread(PyObject *fiber)
     if (other <= 0) {
         return other;
     }
-    PyObject *r = PyObject_CallOneArg(check_waker_thread, fiber);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return fibers_check_waker_thread(fiber);
 }
 
 /* _settle: 1 when the outcome was accepted, 0 when refused, -1 on error. */
@@ -2627,6 +2626,106 @@ waiter_register(PyObject *module)
         return -1;
     }
     return add_type(module, "WakeBatch", &WakeBatch_Type);
+}
+
+/* ---- Fibers' bookkeeping ---- */
+/*
+ * The per-fiber steps around the driver and the Waiter that used to be Python calls: making a
+ * new fiber, and the thread check of a wake-up that does not come from the fiber's parent (every
+ * waiter an Event wakes from another fiber). Each does what the Python it stands for does, which
+ * stays for the pure-Python path (GREENBRIDGE_NO_SPEEDUPS=1) and for the rare cases.
+ *
+ * Why. 100,000 fibers forked on a Switch, each waiting on one Event (benchmarks/bench_fibers.py,
+ * bench_instructions.py's ``fork``): a new fiber ran _Fiber.__init__, a Python frame calling
+ * greenlet's __init__ through super() and storing seven slots; and every wake from the host
+ * fiber called _control._check_waker_thread, a Python frame and a getpid() (asyncio's
+ * _get_running_loop checks the pid) to find what the thread roots already say.
+ */
+
+static Py_ssize_t stepper_offset = -1;  /* _Fiber's ``_stepper`` slot, found on first use */
+
+/* _Fiber(run, parent) as a new reference: greenlet's own __init__, then the slots as
+   _control._Fiber.__init__ sets them (keep the two in step), without that Python frame. */
+static PyObject *
+fibers_new_fiber(PyObject *run, PyObject *parent)
+{
+    PyTypeObject *type = (PyTypeObject *)fiber_type;
+    PyTypeObject *base = type->tp_base;  /* greenlet.greenlet (take_fiber_type checked it) */
+    if (stepper_offset < 0 && (stepper_offset = slot_offset(fiber_type, "_stepper")) < 0) {
+        return NULL;
+    }
+    if (type->tp_init == base->tp_init || base->tp_init == NULL) {
+        /* No __init__ of its own to stand for: let the type make it as Python would. */
+        return call2(fiber_type, run, parent);
+    }
+    PyObject *args = PyTuple_Pack(2, run, parent);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *fiber = type->tp_new(type, args, NULL);
+    if (fiber != NULL && base->tp_init(fiber, args, NULL) < 0) {
+        Py_CLEAR(fiber);
+    }
+    Py_DECREF(args);
+    if (fiber == NULL) {
+        return NULL;
+    }
+    fiber_set(fiber, call_offset, Py_None);
+    fiber_set(fiber, stepper_offset, Py_None);
+    fiber_set(fiber, handover_offset, Py_None);
+    fiber_set(fiber, outcome_offset, Py_None);
+    fiber_set(fiber, park_offset, Py_None);
+    fiber_set(fiber, direct_offset, Py_False);
+    fiber_set(fiber, task_offset, Py_None);
+    return fiber;
+}
+
+/* The main greenlet of the thread ``glet`` belongs to, as a new reference (_control._thread_root:
+   every parent chain ends there). */
+static PyObject *
+fibers_thread_root(PyObject *glet)
+{
+    PyObject *current = Py_NewRef(glet);
+    for (;;) {
+        PyObject *parent = PyObject_GetAttr(current, str_parent);
+        if (parent == NULL) {
+            Py_DECREF(current);
+            return NULL;
+        }
+        if (parent == Py_None) {
+            Py_DECREF(parent);
+            return current;
+        }
+        Py_SETREF(current, parent);
+    }
+}
+
+/* _control._check_waker_thread(fiber): -1 with RuntimeError when the caller cannot wake
+   ``fiber`` from here. The same thread roots (the second of the Python function's two tests,
+   either of which lets the wake-up through) answer in C; only a caller in another thread's
+   greenlets, or a fiber not parked, goes to the Python function, which then decides. */
+static int
+fibers_check_waker_thread(PyObject *fiber)
+{
+    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    PyObject *here = current ? fibers_thread_root(current) : NULL;
+    Py_XDECREF(current);
+    PyObject *there = here ? fibers_thread_root(fiber) : NULL;
+    if (there == NULL) {
+        Py_XDECREF(here);
+        return -1;
+    }
+    Py_DECREF(here);  /* only identities are compared: a main greenlet lives as its thread does */
+    Py_DECREF(there);
+    if (here == there) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallOneArg(check_waker_thread, fiber);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
 }
 
 static PyMethodDef methods[] = {
