@@ -49,6 +49,35 @@ def test_block_returns_only_when_every_fiber_has_finished(run_green: Run) -> Non
     assert record == ["body done", "fast done", "slow done", "block exited"]
 
 
+def test_hundreds_of_fibers_parked_at_once_keep_their_own_frames(run_green: Run) -> None:
+    """Each parked fiber's Python frames (its interpreter data stack: with the accelerator, a
+    chunk of a slab shared with others) survive the others' running, parking and dying, in
+    waves that fill, empty and refill the slabs."""
+
+    def depth_sum(depth: int, event: gb.Event, tag: int) -> int:
+        if depth == 0:
+            event.wait()
+            return tag
+        return depth_sum(depth - 1, event, tag) + 1
+
+    def one(results: list[int], event: gb.Event, tag: int) -> None:
+        depth = 250 if tag % 7 == 0 else 3  # some spill into a second chunk
+        results.append(depth_sum(depth, event, tag) - depth)
+
+    def main() -> None:
+        for wave in range(3):
+            event = gb.Event()
+            results: list[int] = []
+            with gb.Switch() as sw:
+                for tag in range(200):
+                    sw.fork(one, results, event, tag)
+                fiber.yield_()
+                event.set()
+            assert sorted(results) == list(range(200)), wave
+
+    run_green(main)
+
+
 def test_fork_order_is_deterministic(run_green: Run) -> None:
     """Forked fibers start in fork order, when the forking fiber next suspends."""
 
