@@ -6,17 +6,24 @@ user-space instructions a run executes, the same for the same binary and inputs 
 the machine does. Each figure is the difference between a run of N2 operations and one of N1,
 divided by N2 - N1, so start-up, imports and the loop's creation cancel out.
 
-Five operations, on each loop (the default):
+Six operations, on each loop (the default):
 
   ready   -- green code awaits a coroutine that returns at once (no suspension)
   sleep0  -- green code awaits ``asyncio.sleep(0)`` (one suspension, one loop iteration)
   spawn   -- asyncio code awaits ``gb.spawn_green`` of a trivial function
   wake    -- a loop callback wakes a parked fiber (the path a protocol callback takes to a reader)
+  fork    -- a fiber forked on a ``Switch`` that waits on one shared ``Event``: fork N of them,
+             yield until all are parked, set the Event, leave the switch (``bench_fibers``'s
+             workload; the figure is per fiber)
   echo    -- one round trip of 1 KiB between an asyncio streams client and a ``net.run_server``
              handler (``conn.read`` / ``conn.write``) on the same loop; the client's share is the
              same code in every tree, so a change is the server's
 
-and, to bound what the echo can reach, the same client against other servers (``--ops all``):
+and, with ``--ops all``, the same work done by others, to bound what greenbridge can reach:
+
+  fork-tasks    -- ``fork``'s workload in asyncio Tasks (``TaskGroup``, ``asyncio.Event``)
+
+and the echo client against other servers:
 
   echo-noidle   -- ``run_server`` with ``idle_timeout=None`` (no read timer armed)
   echo-greenlet -- the floor of a direct-style server: the ceiling's protocol, whose
@@ -63,8 +70,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
-OPS = ("ready", "sleep0", "spawn", "wake", "echo")
-ECHO_BOUNDS = (
+OPS = ("ready", "sleep0", "spawn", "wake", "fork", "echo")
+BOUNDS = (
+    "fork-tasks",
     "echo-noidle", "echo-greenlet", "echo-greenlet-direct", "echo-ceiling", "echo-ceiling-timer",
     "echo-streams", "ready-native", "sleep0-native",
 )  # fmt: skip
@@ -102,6 +110,43 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
                 waiter.wait()
 
         await gb.spawn_green(body)
+
+    async def fork(n: int) -> None:
+        from greenbridge import fiber
+
+        def body() -> None:
+            event = gb.Event()
+            parked = 0
+
+            def waiter() -> None:
+                nonlocal parked
+                parked += 1
+                event.wait()
+
+            with gb.Switch() as sw:
+                for _ in range(n):
+                    sw.fork(waiter)
+                while parked < n:
+                    fiber.yield_()
+                event.set()
+
+        await gb.spawn_green(body)
+
+    async def fork_tasks(n: int) -> None:
+        event = asyncio.Event()
+        parked = 0
+
+        async def waiter() -> None:
+            nonlocal parked
+            parked += 1
+            await event.wait()
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(n):
+                tg.create_task(waiter())
+            while parked < n:
+                await asyncio.sleep(0)
+            event.set()
 
     async def client(port: int, n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -195,6 +240,8 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
         "sleep0": crossing("await_sleep0"),
         "spawn": crossing("spawn"),
         "wake": wake,
+        "fork": fork,
+        "fork-tasks": fork_tasks,
         "echo": echo_with(),
         "echo-noidle": echo_with(idle_timeout=None),
         "echo-greenlet": lambda n: echo_protocol(GreenletEcho, n),
@@ -254,10 +301,10 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         sys.exit("bench_instructions needs valgrind (Debian: apt-get install valgrind)")
-    ops = OPS + ECHO_BOUNDS if args.ops == "all" else tuple(args.ops.split(","))
-    unknown = set(ops) - set(OPS + ECHO_BOUNDS)
+    ops = OPS + BOUNDS if args.ops == "all" else tuple(args.ops.split(","))
+    unknown = set(ops) - set(OPS + BOUNDS)
     if unknown or args.n2 <= args.n1:
-        sys.exit(f"--ops takes {', '.join(OPS + ECHO_BOUNDS)} or all; --n2 must exceed --n1")
+        sys.exit(f"--ops takes {', '.join(OPS + BOUNDS)} or all; --n2 must exceed --n1")
     trees = [HERE] if args.against is None else [args.against.resolve(), HERE]
     print(f"instructions per operation (callgrind, N = {args.n1} and {args.n2})")
     header = "loop     op                 " + "".join(f"{tree.name[:14]:>16}" for tree in trees)

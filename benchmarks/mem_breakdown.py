@@ -6,8 +6,9 @@ fresh subprocess:
 * ``rss``: resident-set growth per fiber once all N are parked (as ``bench_fibers.py``);
 * ``traced``: what tracemalloc sees allocated per fiber (a separate run: tracing costs memory of
   its own), with the top allocation sites; the rest of the RSS growth is memory allocated outside
-  Python's allocators -- CPython 3.11+'s frame data-stack chunks (``_PyObject_VirtualAlloc``,
-  mmap) of each greenlet -- plus page-granularity slack;
+  Python's allocators -- CPython 3.11+'s frame data-stack chunks (``_PyObject_VirtualAlloc``:
+  mmap, or with greenbridge's accelerator a slab of chunks) of each greenlet -- plus
+  page-granularity slack;
 * ``types``: the gc-tracked objects alive per fiber, by type, with ``sys.getsizeof`` bytes
   (objects not tracked by the gc -- strings, ints -- are not counted there);
 * ``stack``: greenlet's saved C stack per parked greenlet (``_stack_saved``), for the modes with

@@ -88,6 +88,8 @@ class _Fiber(greenlet):
     __sqlalchemy_greenlet_provider__ = True
 
     def __init__(self, run: Any, parent: greenlet) -> None:
+        # The C driver makes its fibers without this frame (_speedups.c, "Fibers' bookkeeping":
+        # fibers_new_fiber sets the same slots to the same values): keep the two in step.
         super().__init__(run, parent)
         # The first call of a new fiber, (fn, args, kwargs), until the fiber starts it (see
         # _core._fiber_main); None from then on.
@@ -278,7 +280,8 @@ def _thread_root(glet: Any) -> Any:
 
 def _check_waker_thread(fiber: _Fiber) -> None:
     """Raise ``RuntimeError`` when the caller cannot wake ``fiber``: it runs in another thread
-    than the loop the fiber is parked on. Called before anything is changed."""
+    than the loop the fiber is parked on. Called before anything is changed. (The C Waiter
+    tests the thread roots itself first, and calls this only when they differ.)"""
     park = fiber._park
     if park is None:
         return

@@ -44,9 +44,10 @@ class Parked:
 
     __slots__ = ("data", "waiter")
 
-    def __init__(self, data: Any) -> None:
-        self.waiter = Waiter()
-        self.data = data
+    # No __init__: ``ParkingLot.park``, which alone makes entries, sets both slots itself (a
+    # Python frame less for every parked fiber).
+    waiter: Waiter
+    data: Any
 
     def wake(self, value: Any = None) -> bool:
         """Hand ``value`` to the fiber; False when it cannot take it (cancelled meanwhile): the
@@ -90,7 +91,9 @@ class ParkingLot:
         ``CancelledError`` (or whatever was thrown in) is re-raised. Raises ``NoGreenContext``
         outside green code, and what ``parked()`` raises (the fiber is then not parked).
         """
-        entry = Parked(data)
+        entry = Parked()
+        entry.waiter = Waiter()
+        entry.data = data
         self._parked.append(entry)
         try:
             if parked is not None:

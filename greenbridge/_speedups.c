@@ -905,6 +905,8 @@ throw_raised(PyObject *fiber)
     return out;
 }
 
+static PyObject *fibers_new_fiber(PyObject *run, PyObject *parent);  /* Fibers' bookkeeping */
+
 /* The first step: take a fiber (from the pool, or a new one) and switch into it with the call.
    The fiber's first hand-over as a new reference, or NULL. */
 static PyObject *
@@ -968,7 +970,7 @@ driver_start(DriverObject *self)
     }
     else {
         Py_DECREF(idle);
-        if ((fiber = call2(fiber_type, fiber_main, driver)) == NULL) {
+        if ((fiber = fibers_new_fiber(fiber_main, driver)) == NULL) {
             goto done;
         }
         if ((PyObject *)Py_TYPE(fiber) != fiber_type) {
@@ -2227,6 +2229,8 @@ not_from_parent(PyObject *fiber)
     return current != parent;
 }
 
+static int fibers_check_waker_thread(PyObject *fiber);  /* Fibers' bookkeeping */
+
 /* check_waker_thread(fiber) when the caller is not the fiber's parent; -1 when it raised. */
 static int
 waiter_check_thread(PyObject *fiber)
@@ -2235,12 +2239,7 @@ waiter_check_thread(PyObject *fiber)
     if (other <= 0) {
         return other;
     }
-    PyObject *r = PyObject_CallOneArg(check_waker_thread, fiber);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return fibers_check_waker_thread(fiber);
 }
 
 /* _settle: 1 when the outcome was accepted, 0 when refused, -1 on error. */
@@ -3496,6 +3495,310 @@ connection_register(PyObject *module)
         }
     }
     return add_type(module, "ConnProtocol", &ConnProtocol_Type);
+}
+
+/* ---- Fibers' bookkeeping ---- */
+/*
+ * The per-fiber steps around the driver and the Waiter that used to be Python calls: making a
+ * new fiber, and the thread check of a wake-up that does not come from the fiber's parent (every
+ * waiter an Event wakes from another fiber). Each does what the Python it stands for does, which
+ * stays for the pure-Python path (GREENBRIDGE_NO_SPEEDUPS=1) and for the rare cases.
+ *
+ * Why. 100,000 fibers forked on a Switch, each waiting on one Event (benchmarks/bench_fibers.py,
+ * bench_instructions.py's ``fork``): a new fiber ran _Fiber.__init__, a Python frame calling
+ * greenlet's __init__ through super() and storing seven slots; and every wake from the host
+ * fiber called _control._check_waker_thread, a Python frame and a getpid() (asyncio's
+ * _get_running_loop checks the pid) to find what the thread roots already say.
+ */
+
+static Py_ssize_t stepper_offset = -1;  /* _Fiber's ``_stepper`` slot, found on first use */
+
+/* Interpreter data stacks from slabs rather than one mmap each.
+ *
+ * A greenlet's first Python frame makes CPython allocate a data stack chunk of its own (16 KiB,
+ * of which a parked fiber touches its first page), which the greenlet frees when it dies, both
+ * through the "arena allocator": an mmap and a munmap per fiber, the munmap splitting the
+ * mapping its neighbours had merged into. Forking 100,000 fibers at once, that was a third of the
+ * process's time, in the kernel. So the first fiber the driver makes puts a wrapper in front of
+ * the arena allocator: requests of exactly one chunk are served from slabs of SLAB_CHUNKS chunks
+ * (one mmap each, unmapped once every chunk of it is free again, one empty slab kept as a spare),
+ * every other request (pymalloc's arenas, larger chunks) goes to the allocator it replaced. A
+ * slab's chunks start 16 bytes into a page, where the slab's address is kept, so that a parked
+ * fiber's frames still touch one page; mmap's chunks start on a page boundary (checked before
+ * installing, else nothing is installed), which is how ``free`` tells them apart -- a chunk
+ * allocated before the wrapper is freed where it came from. Every thread's data stack goes
+ * through it, greenbridge's fibers or not; they get the same memory, from a slab. The slab lists
+ * have a lock of their own (below). Free-threaded builds (another allocator, not measured) and
+ * systems without mmap keep CPython's allocator. */
+#define FIBERS_CHUNK_SIZE (16 * 1024)  /* DATA_STACK_CHUNK_SIZE in CPython's Python/pystate.c */
+#define FIBERS_PAGE ((uintptr_t)4096)
+#define FIBERS_SLAB_CHUNKS 64
+/* A chunk every five pages, the fifth never touched: the 16 bytes before a chunk, where its
+   slab's address is, are not the tail of the previous chunk. */
+#define FIBERS_STRIDE (FIBERS_CHUNK_SIZE + FIBERS_PAGE)
+#define FIBERS_SLAB_BYTES (FIBERS_SLAB_CHUNKS * FIBERS_STRIDE)
+#if defined(__unix__) && !defined(Py_GIL_DISABLED)
+#include <sys/mman.h>
+#include <pthread.h>
+#define FIBERS_SLABS 1
+#endif
+
+static int fibers_arena_state;  /* 0: not tried yet; 1: installed; -1: not (see above) */
+
+#ifdef FIBERS_SLABS
+typedef struct fibers_slab {
+    char *base;                      /* the mapping, FIBERS_SLAB_BYTES */
+    void *free_list;                 /* freed chunks, each holding the next one's address */
+    int fresh;                       /* chunks [fresh, FIBERS_SLAB_CHUNKS) were never handed out */
+    int used;                        /* chunks handed out and not freed */
+    struct fibers_slab *prev, *next; /* in fibers_partial while it has a free chunk */
+} fibers_slab;
+
+/* The slab lists' lock. The GIL does not serialise every call: subinterpreters with a GIL of
+   their own share the arena allocator, and PyThreadState_Delete (which frees a thread's chunks)
+   may be called without the GIL. fork() takes it first (pthread_atfork), so that a child
+   process starts with the lists consistent and the lock free. */
+static pthread_mutex_t fibers_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+fibers_before_fork(void)
+{
+    pthread_mutex_lock(&fibers_lock);
+}
+
+static void
+fibers_after_fork(void)
+{
+    pthread_mutex_unlock(&fibers_lock);
+}
+
+static PyObjectArenaAllocator fibers_arena_next;  /* the allocator the wrapper is in front of */
+static fibers_slab *fibers_partial;              /* slabs with a free chunk, most recent first */
+static fibers_slab *fibers_spare;                /* an empty slab kept mapped, or NULL */
+
+static void
+fibers_unlink(fibers_slab *slab)
+{
+    if (slab->prev != NULL) {
+        slab->prev->next = slab->next;
+    }
+    else {
+        fibers_partial = slab->next;
+    }
+    if (slab->next != NULL) {
+        slab->next->prev = slab->prev;
+    }
+    slab->prev = slab->next = NULL;
+}
+
+static void
+fibers_push(fibers_slab *slab)
+{
+    slab->prev = NULL;
+    slab->next = fibers_partial;
+    if (fibers_partial != NULL) {
+        fibers_partial->prev = slab;
+    }
+    fibers_partial = slab;
+}
+
+/* A chunk from a slab (the lock held), or NULL when no slab could be mapped. */
+static void *
+fibers_slab_alloc(void)
+{
+    fibers_slab *slab = fibers_partial;
+    if (slab == NULL) {
+        if ((slab = fibers_spare) != NULL) {
+            fibers_spare = NULL;
+        }
+        else {
+            slab = malloc(sizeof(fibers_slab));
+            void *base = slab == NULL ? MAP_FAILED
+                : mmap(NULL, FIBERS_SLAB_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+            if (base == MAP_FAILED) {
+                free(slab);
+                return NULL;
+            }
+            slab->base = base;
+            slab->free_list = NULL;
+            slab->fresh = slab->used = 0;
+        }
+        fibers_push(slab);
+    }
+    char *chunk;
+    if (slab->free_list != NULL) {
+        chunk = slab->free_list;
+        slab->free_list = *(void **)chunk;
+    }
+    else {
+        chunk = slab->base + (size_t)slab->fresh++ * FIBERS_STRIDE + 16;
+        ((fibers_slab **)chunk)[-2] = slab;  /* 16 bytes before the chunk, in its first page */
+    }
+    if (++slab->used == FIBERS_SLAB_CHUNKS) {
+        fibers_unlink(slab);  /* full */
+    }
+    return chunk;
+}
+
+static void *
+fibers_arena_alloc(void *ctx, size_t size)
+{
+    if (size != FIBERS_CHUNK_SIZE) {
+        return fibers_arena_next.alloc(fibers_arena_next.ctx, size);
+    }
+    pthread_mutex_lock(&fibers_lock);
+    void *chunk = fibers_slab_alloc();
+    pthread_mutex_unlock(&fibers_lock);
+    return chunk != NULL ? chunk : fibers_arena_next.alloc(fibers_arena_next.ctx, size);
+}
+
+static void
+fibers_arena_free(void *ctx, void *ptr, size_t size)
+{
+    if (size != FIBERS_CHUNK_SIZE || ((uintptr_t)ptr & (FIBERS_PAGE - 1)) != 16) {
+        fibers_arena_next.free(fibers_arena_next.ctx, ptr, size);
+        return;
+    }
+    fibers_slab *slab = ((fibers_slab **)ptr)[-2];
+    fibers_slab *unmap = NULL;
+    pthread_mutex_lock(&fibers_lock);
+    if (slab->used-- == FIBERS_SLAB_CHUNKS) {
+        fibers_push(slab);  /* it has a free chunk again */
+    }
+    *(void **)ptr = slab->free_list;
+    slab->free_list = ptr;
+    if (slab->used == 0) {
+        fibers_unlink(slab);
+        if (fibers_spare == NULL) {
+            fibers_spare = slab;  /* its touched pages stay: at most one slab's */
+        }
+        else {
+            unmap = slab;
+        }
+    }
+    pthread_mutex_unlock(&fibers_lock);
+    if (unmap != NULL) {
+        munmap(unmap->base, FIBERS_SLAB_BYTES);
+        free(unmap);
+    }
+}
+#endif
+
+static void
+fibers_install_arena(void)
+{
+    fibers_arena_state = -1;
+#ifdef FIBERS_SLABS
+    PyObjectArenaAllocator current;
+    PyObject_GetArenaAllocator(&current);
+    if (current.alloc == NULL || current.free == NULL) {
+        return;
+    }
+    void *probe = current.alloc(current.ctx, FIBERS_CHUNK_SIZE);
+    if (probe == NULL) {
+        return;
+    }
+    int aligned = ((uintptr_t)probe & (FIBERS_PAGE - 1)) == 0;
+    current.free(current.ctx, probe, FIBERS_CHUNK_SIZE);
+    if (!aligned) {
+        return;  /* not mmap's: its chunks and the slabs' could not be told apart */
+    }
+    if (pthread_atfork(fibers_before_fork, fibers_after_fork, fibers_after_fork) != 0) {
+        return;
+    }
+    fibers_arena_next = current;
+    PyObjectArenaAllocator wrapper = {NULL, fibers_arena_alloc, fibers_arena_free};
+    PyObject_SetArenaAllocator(&wrapper);
+    fibers_arena_state = 1;
+#endif
+}
+
+/* _Fiber(run, parent) as a new reference: greenlet's own __init__, then the slots as
+   _control._Fiber.__init__ sets them (keep the two in step), without that Python frame. */
+static PyObject *
+fibers_new_fiber(PyObject *run, PyObject *parent)
+{
+    PyTypeObject *type = (PyTypeObject *)fiber_type;
+    PyTypeObject *base = type->tp_base;  /* greenlet.greenlet (take_fiber_type checked it) */
+    if (stepper_offset < 0 && (stepper_offset = slot_offset(fiber_type, "_stepper")) < 0) {
+        return NULL;
+    }
+    if (fibers_arena_state == 0) {
+        fibers_install_arena();
+    }
+    if (type->tp_init == base->tp_init || base->tp_init == NULL) {
+        /* No __init__ of its own to stand for: let the type make it as Python would. */
+        return call2(fiber_type, run, parent);
+    }
+    PyObject *args = PyTuple_Pack(2, run, parent);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *fiber = type->tp_new(type, args, NULL);
+    if (fiber != NULL && base->tp_init(fiber, args, NULL) < 0) {
+        Py_CLEAR(fiber);
+    }
+    Py_DECREF(args);
+    if (fiber == NULL) {
+        return NULL;
+    }
+    fiber_set(fiber, call_offset, Py_None);
+    fiber_set(fiber, stepper_offset, Py_None);
+    fiber_set(fiber, handover_offset, Py_None);
+    fiber_set(fiber, outcome_offset, Py_None);
+    fiber_set(fiber, park_offset, Py_None);
+    fiber_set(fiber, direct_offset, Py_False);
+    fiber_set(fiber, task_offset, Py_None);
+    return fiber;
+}
+
+/* The main greenlet of the thread ``glet`` belongs to, as a new reference (_control._thread_root:
+   every parent chain ends there). */
+static PyObject *
+fibers_thread_root(PyObject *glet)
+{
+    PyObject *current = Py_NewRef(glet);
+    for (;;) {
+        PyObject *parent = PyObject_GetAttr(current, str_parent);
+        if (parent == NULL) {
+            Py_DECREF(current);
+            return NULL;
+        }
+        if (parent == Py_None) {
+            Py_DECREF(parent);
+            return current;
+        }
+        Py_SETREF(current, parent);
+    }
+}
+
+/* _control._check_waker_thread(fiber): -1 with RuntimeError when the caller cannot wake
+   ``fiber`` from here. The same thread roots (the second of the Python function's two tests,
+   either of which lets the wake-up through) answer in C; only a caller in another thread's
+   greenlets, or a fiber not parked, goes to the Python function, which then decides. */
+static int
+fibers_check_waker_thread(PyObject *fiber)
+{
+    PyObject *current = PyObject_CallNoArgs(getcurrent);
+    PyObject *here = current ? fibers_thread_root(current) : NULL;
+    Py_XDECREF(current);
+    PyObject *there = here ? fibers_thread_root(fiber) : NULL;
+    if (there == NULL) {
+        Py_XDECREF(here);
+        return -1;
+    }
+    Py_DECREF(here);  /* only identities are compared: a main greenlet lives as its thread does */
+    Py_DECREF(there);
+    if (here == there) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallOneArg(check_waker_thread, fiber);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
 }
 
 static PyMethodDef methods[] = {

@@ -204,7 +204,8 @@ class Switch:
         once the switch has finished, ``RuntimeError`` before it is entered, ``TypeError`` at
         once when ``fn`` is not callable.
         """
-        self._fork(*_bind(fn, args, kwargs), False, None)
+        # _bind's work inline: one Python call less per fork.
+        self._fork(functools.partial(fn, **kwargs) if kwargs else fn, args, False, None)
 
     def fork_daemon(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Like ``fork``, but the fiber is cancelled once the body and every non-daemon fiber
@@ -305,7 +306,9 @@ class Switch:
             self._child_finished(child)
 
     def _child_finished(self, child: _Child) -> None:
-        self._forget(child)
+        del self._children[child]  # _forget's work inline: one Python call less per fiber
+        if not child.daemon:
+            self._non_daemons -= 1
         if self._state == _EXITING:
             if not self._children:
                 waiter = self._exit_waiter

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +50,95 @@ def test_block_returns_only_when_every_fiber_has_finished(run_green: Run) -> Non
 
     run_green(main)
     assert record == ["body done", "fast done", "slow done", "block exited"]
+
+
+def test_hundreds_of_fibers_parked_at_once_keep_their_own_frames(run_green: Run) -> None:
+    """Each parked fiber's Python frames (its interpreter data stack: with the accelerator, a
+    chunk of a slab shared with others) survive the others' running, parking and dying, in
+    waves that fill, empty and refill the slabs."""
+
+    def depth_sum(depth: int, event: gb.Event, tag: int) -> int:
+        if depth == 0:
+            event.wait()
+            return tag
+        return depth_sum(depth - 1, event, tag) + 1
+
+    def one(results: list[int], event: gb.Event, tag: int) -> None:
+        depth = 250 if tag % 7 == 0 else 3  # some spill into a second chunk
+        results.append(depth_sum(depth, event, tag) - depth)
+
+    def main() -> None:
+        for wave in range(3):
+            event = gb.Event()
+            results: list[int] = []
+            with gb.Switch() as sw:
+                for tag in range(200):
+                    sw.fork(one, results, event, tag)
+                fiber.yield_()
+                event.set()
+            assert sorted(results) == list(range(200)), wave
+
+    run_green(main)
+
+
+_SLABS_IN_A_FORKED_CHILD = """
+import os, sys
+import greenbridge as gb
+
+def fibers(n):
+    event = gb.Event()
+    done = []
+    with gb.Switch() as sw:
+        for i in range(n):
+            sw.fork(lambda i=i: (event.wait(), done.append(i)))
+        gb.fiber.yield_()
+        event.set()
+    return len(done)
+
+assert gb.run(fibers, 300) == 300
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if gb.run(fibers, 300) == 300 else 1)
+_, status = os.waitpid(pid, 0)
+assert gb.run(fibers, 300) == 300
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_process_makes_fibers_as_its_parent_does() -> None:
+    """With the accelerator, fibers' data stacks come from slabs with a lock of their own: a
+    child made by os.fork() starts with it free and the slabs consistent (a process of its own:
+    forking the test process would fork its other threads' state too)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SLABS_IN_A_FORKED_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_threads_each_running_fibers_on_their_own_loop() -> None:
+    """Fibers of several threads, each on its own loop, made and freed at once (the slabs'
+    lock serialises their data stacks where the GIL alone might not)."""
+
+    def fibers(n: int) -> int:
+        event = gb.Event()
+        done: list[int] = []
+        with gb.Switch() as sw:
+            for i in range(n):
+                sw.fork(lambda i=i: (event.wait(), done.append(i)))
+            fiber.yield_()
+            event.set()
+        return len(done)
+
+    results: list[int] = []
+    def thread_main() -> None:
+        results.extend(gb.run(fibers, 200) for _ in range(3))
+
+    threads = [threading.Thread(target=thread_main) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * 12
 
 
 def test_fork_order_is_deterministic(run_green: Run) -> None:
