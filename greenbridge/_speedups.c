@@ -516,17 +516,31 @@ call2(PyObject *fn, PyObject *a, PyObject *b)
     return PyObject_Vectorcall(fn, args, 2, NULL);
 }
 
+/* The truth of a value; -1 with an error. */
+static int
+truth(PyObject *v)
+{
+    return v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+}
+
+/* The truth of obj.name(): 1, 0, or -1 on error. */
+static int
+call_truth(PyObject *obj, PyObject *name)
+{
+    PyObject *r = call_method0(obj, name);
+    if (r == NULL) {
+        return -1;
+    }
+    int res = truth(r);
+    Py_DECREF(r);
+    return res;
+}
+
 /* 1 when future.done(), 0 when not, -1 on error. */
 static int
 future_done(PyObject *future)
 {
-    PyObject *done = call_method0(future, str_done);
-    if (done == NULL) {
-        return -1;
-    }
-    int res = PyObject_IsTrue(done);
-    Py_DECREF(done);
-    return res;
+    return call_truth(future, str_done);
 }
 
 /* fiber._direct = fiber.parent.switch(value) is _WOKEN, and False when the switch raises.
@@ -1889,6 +1903,20 @@ rb_read_into(ReceiveBufferObject *self, PyObject *out)
     return PyLong_FromSsize_t(n);
 }
 
+/* take() of a count already checked to be >= 0. */
+static PyObject *
+rb_take_n(ReceiveBufferObject *self, Py_ssize_t n)
+{
+    Py_ssize_t start = self->start;
+    n = Py_MIN(n, self->end - start);
+    PyObject *data = PyBytes_FromStringAndSize(n > 0 ? RB_BYTES(self) + start : "", n);
+    if (data == NULL) {
+        return NULL;
+    }
+    rb_consumed(self, start + n);
+    return data;
+}
+
 static PyObject *
 rb_take(ReceiveBufferObject *self, PyObject *arg)
 {
@@ -1900,14 +1928,7 @@ rb_take(ReceiveBufferObject *self, PyObject *arg)
         PyErr_Format(PyExc_ValueError, "take(%R): the number of bytes cannot be negative", arg);
         return NULL;
     }
-    Py_ssize_t start = self->start;
-    n = Py_MIN(n, self->end - start);
-    PyObject *data = PyBytes_FromStringAndSize(n > 0 ? RB_BYTES(self) + start : "", n);
-    if (data == NULL) {
-        return NULL;
-    }
-    rb_consumed(self, start + n);
-    return data;
+    return rb_take_n(self, n);
 }
 
 static PyObject *
@@ -3101,13 +3122,6 @@ conn_get(PyObject *self, int exact, Py_ssize_t offset, PyObject *name)
     return Py_NewRef(value);
 }
 
-/* The truth of a value; -1 with an error. */
-static int
-truth(PyObject *v)
-{
-    return v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
-}
-
 /* The truth of self.<name>; -1 with an error. */
 static int
 conn_flag(PyObject *self, int exact, Py_ssize_t offset, PyObject *name)
@@ -3275,11 +3289,16 @@ conn_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     PyObject *res = NULL;
     int ready = conn_input_ready(self, exact, p);
     if (ready > 0) {
-        PyObject *count = n_obj != NULL ? Py_NewRef(n_obj) : PyLong_FromSsize_t(n);
-        if (count != NULL) {
-            res = cp_take(p, count);
-            Py_DECREF(count);
+        PyObject *rx = Py_NewRef(p->rx);
+        if (Py_IS_TYPE(rx, &ReceiveBuffer_Type)) {
+            res = cp_after_read(p, rb_take_n((ReceiveBufferObject *)rx, n));
         }
+        else {  /* the Python buffer: its take() gets the count as an int */
+            PyObject *count = n_obj != NULL ? Py_NewRef(n_obj) : PyLong_FromSsize_t(n);
+            res = count != NULL ? cp_take(p, count) : NULL;
+            Py_XDECREF(count);
+        }
+        Py_DECREF(rx);
     }
     else if (ready == 0) {
         res = PyBytes_FromStringAndSize(NULL, 0);
@@ -3320,19 +3339,6 @@ conn_read_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     return res;
 }
 
-/* transport.is_closing(): 1, 0, or -1 with an error. */
-static int
-conn_is_closing(PyObject *transport)
-{
-    PyObject *r = call_method0(transport, str_is_closing);
-    if (r == NULL) {
-        return -1;
-    }
-    int t = truth(r);
-    Py_DECREF(r);
-    return t;
-}
-
 /* Connection.write(data, /) */
 static PyObject *
 conn_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -3355,7 +3361,7 @@ conn_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         || (transport = conn_get(self, exact, conn_transport_offset, str__transport)) == NULL) {
         goto done;
     }
-    int gone = p->lost ? 1 : conn_is_closing(transport);
+    int gone = p->lost ? 1 : call_truth(transport, str_is_closing);
     if (gone != 0) {
         if (gone > 0) {
             raise_consumed(call_method0(self, str_broken));
@@ -3373,7 +3379,7 @@ conn_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         goto done;
     }
     Py_DECREF(r);
-    gone = conn_is_closing(transport);
+    gone = call_truth(transport, str_is_closing);
     if (gone != 0) {
         /* The send failed (the peer reset or closed): the transport dropped the bytes and will
            report connection_lost at the next loop iteration. Say so now. */
