@@ -131,6 +131,24 @@ async def _timed_bridge(bridge: Bridge, op: str, n: int) -> float:
     return await spawn(body)  # type: ignore[no-any-return]
 
 
+async def _timed_switch_pair(n: int) -> float:
+    """A switch into a plain greenlet and back out, ``n`` times: what greenlet itself costs a
+    suspension (the floor of one is native ``sleep(0)`` plus one such pair)."""
+    from greenlet import getcurrent, greenlet
+
+    main = getcurrent()
+
+    def body() -> None:
+        while True:
+            main.switch()
+
+    into = greenlet(body).switch
+    start = time.perf_counter()
+    for _ in range(n):
+        into()
+    return time.perf_counter() - start
+
+
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "uvloop":
         import uvloop
@@ -157,7 +175,7 @@ OPS = ("await_ready", "await_sleep0", "spawn")
 
 def bench(loops: list[str], rounds: int, n: int) -> dict[str, Any]:
     bridges = _bridges()
-    results: dict[str, Any] = {"n": n, "rounds": rounds, "loops": {}, "skipped": {}}
+    results: dict[str, Any] = {"n": n, "rounds": rounds, "loops": {}, "skipped": {}, "floors": {}}
     for name, bridge in bridges.items():
         if isinstance(bridge, str):
             results["skipped"][name] = bridge
@@ -177,10 +195,17 @@ def bench(loops: list[str], rounds: int, n: int) -> dict[str, Any]:
                 )
             table[op] = row
         results["loops"][loop_name] = table
+        pair = _measure(loop_name, lambda: _timed_switch_pair(n), n, rounds)
+        results["floors"][loop_name] = {
+            "switch_pair": pair,
+            "await_sleep0": table["await_sleep0"]["native"] + pair,
+        }
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
+    from report import floor_notes  # beside this script: the report renders the same notes
+
     lines = []
     for loop_name, table in results["loops"].items():
         peers = list(next(iter(table.values())).keys())
@@ -197,6 +222,7 @@ def format_table(results: dict[str, Any]) -> str:
                 cells.append(f"{value:,.0f}{ratio}")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += floor_notes(results, loop_name)
     for name, why in results["skipped"].items():
         lines.append(f"- {name}: skipped, {why}")
     return "\n".join(lines)

@@ -23,6 +23,16 @@ Servers (each on the asyncio loop and on uvloop, except gevent which has its own
                      built on this protocol, so it bounds them)
   gevent             gevent.server.StreamServer, sock.recv / sock.sendall
 
+and two bounds, each the ceiling with one thing added that a direct-style server cannot do
+without (what it costs is what greenbridge cannot win back):
+
+  greenlet-floor     the ceiling's protocol, but the bytes are written back from a plain greenlet
+                     a loop callback switches into (one callback and two switches a round trip:
+                     no Task, no wait queue, no buffer of its own) -- the floor of any server
+                     whose handler is direct-style code in a greenlet
+  buffered-timer     the ceiling with a timer pending per connection (an hour away), as a server
+                     with a read timeout has: what pending timers cost the loop itself
+
 With ``--curves``, the scale curves as well (each point with ``--curve-servers``, shorter
 windows): 1, 10, 100 and 1,000 connections at 1 KiB, and 64 B, 1 KiB and 64 KiB messages at
 ``--connections``.
@@ -53,7 +63,10 @@ from dataclasses import dataclass
 from typing import Any
 
 HOST = "127.0.0.1"
-SERVERS = ("gb-run_server", "gb-adapters", "streams", "plain-protocol", "buffered-protocol", "gevent")
+SERVERS = (
+    "gb-run_server", "gb-adapters", "streams", "plain-protocol", "buffered-protocol", "gevent",
+    "greenlet-floor", "buffered-timer",
+)  # fmt: skip
 LOOPS = ("asyncio", "uvloop")
 CEILING = "buffered-protocol"
 CURVE_SERVERS = ("gb-run_server", "streams", "plain-protocol", "buffered-protocol", "gevent")
@@ -150,18 +163,78 @@ class BufferedEcho(asyncio.BufferedProtocol):
         self.transport.resume_reading()
 
 
-def serve_buffered_protocol(loop_name: str) -> None:
-    """The ceiling: the transport reads into one preallocated buffer per connection and the
-    server writes a view of it back -- no allocation and no copy of the data per read (the
-    cheapest echo the loop can do, and what greenbridge's connections are built on)."""
+class GreenletEcho(BufferedEcho):
+    """The ceiling's protocol with the bytes written back from a plain greenlet of its own: a
+    loop callback switches into it, it writes and switches out again (the floor of a server
+    whose handler is direct-style code; ``bench_instructions`` uses it too)."""
 
+    direct = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        from greenlet import greenlet
+
+        super().connection_made(transport)
+        self.nbytes = 0
+        self.handler = greenlet(self.handle)
+        self.handler.switch()  # runs to its first switch out
+
+    def handle(self) -> None:
+        parent = self.handler.parent
+        assert parent is not None
+        while True:
+            parent.switch()
+            BufferedEcho.buffer_updated(self, self.nbytes)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # From a loop callback, as greenbridge's wake batch does; or straight from the
+        # transport's callback, where greenlet copies out the deeper C stack on every switch.
+        self.nbytes = nbytes
+        if self.direct:
+            self.handler.switch()
+        else:
+            asyncio.get_running_loop().call_soon(self.handler.switch)
+
+
+class DirectGreenletEcho(GreenletEcho):
+    direct = True
+
+
+class TimerEcho(BufferedEcho):
+    """The ceiling with a timer pending per connection, an hour away (a read timeout's)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.timer = asyncio.get_running_loop().call_later(3600, lambda: None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.timer.cancel()
+
+
+def _serve_protocol(protocol: Any, loop_name: str) -> None:
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(BufferedEcho, HOST, 0, backlog=1024)
+        server = await asyncio.get_running_loop().create_server(protocol, HOST, 0, backlog=1024)
         _announce(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
     with asyncio.Runner(loop_factory=lambda: _new_loop(loop_name)) as runner:
         runner.run(main())
+
+
+def serve_buffered_protocol(loop_name: str) -> None:
+    """The ceiling: the transport reads into one preallocated buffer per connection and the
+    server writes a view of it back -- no allocation and no copy of the data per read (the
+    cheapest echo the loop can do, and what greenbridge's connections are built on)."""
+    _serve_protocol(BufferedEcho, loop_name)
+
+
+def serve_greenlet_floor(loop_name: str) -> None:
+    """The floor of a direct-style server: the ceiling, written back from a greenlet."""
+    _serve_protocol(GreenletEcho, loop_name)
+
+
+def serve_buffered_timer(loop_name: str) -> None:
+    """The ceiling with a timer pending per connection."""
+    _serve_protocol(TimerEcho, loop_name)
 
 
 def serve_gevent(loop_name: str) -> None:
@@ -230,6 +303,8 @@ SERVE = {
     "gevent": serve_gevent,
     "gb-run_server": serve_gb_run_server,
     "gb-adapters": serve_gb_adapters,
+    "greenlet-floor": serve_greenlet_floor,
+    "buffered-timer": serve_buffered_timer,
 }
 
 

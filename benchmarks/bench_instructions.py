@@ -35,8 +35,8 @@ and the echo client against other servers:
                    the lower of the two on each loop
   echo-ceiling  -- the ceiling: a raw ``asyncio.BufferedProtocol`` writing back from
                    ``buffer_updated`` (``bench_echo``'s)
-  echo-ceiling-timer -- the same with one timer pending on the loop (an hour away), as any
-                   server with a timeout has: what a pending timer costs the loop itself
+  echo-ceiling-timer -- the same with a timer pending per connection (an hour away), as any
+                   server with a read timeout has: what pending timers cost the loop itself
   echo-streams  -- an ``asyncio.start_server`` handler (``reader.read`` / ``writer.write`` /
                    ``await writer.drain()``): the peer the issue's streams target is set against
 
@@ -44,12 +44,28 @@ and the native ``await`` of the first two, their floors (``bench_crossing``'s na
 
   ready-native  -- a coroutine awaits a coroutine that returns at once
   sleep0-native -- a coroutine awaits ``asyncio.sleep(0)``
+  switch-pair   -- a switch into a greenlet and back out (greenlet's own cost, no loop): the
+                   issue's floor of a suspension is ``sleep0-native`` plus one of these
+  sleep0-greenlet -- the least a Python greenlet bridge can do: a plain greenlet switches the
+                   awaitable out to a coroutine that awaits it and switches the result back in
+                   (no error handling, no Task or context bookkeeping)
+  sleep0-sqlalchemy -- SQLAlchemy's ``await_`` of ``asyncio.sleep(0)``, the issue's peer
 
 The server's share of a round trip is the op's figure minus the client's, which is the same in
 all of them; the differences between them are the servers' own.
 
+With ``--server-only`` the echo ops (only they) count the server alone: the client, ``bench_echo``'s
+load of 50 connections doing ping-pong (counted in round trips), runs in a process of its own that
+callgrind does not follow, and the op ``echo-gevent`` (gevent's ``StreamServer``, its own hub) is
+available. Callgrind slows the server some fifty times, so every connection's next message is
+waiting at each wake-up, as in ``bench_echo`` when the server is what bounds the throughput. Only
+user-space instructions are counted: the system calls' time in the kernel is not, so these
+figures bound the servers' own code, not their throughput (gevent's ``recv`` first tries the
+socket and meets ``EAGAIN``, for one).
+
     python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0 | all]
     python benchmarks/bench_instructions.py --against DIR   # DIR: another checkout, e.g. a tag
+    python benchmarks/bench_instructions.py --server-only --ops all
 
 ``--against`` measures the same operations with the greenbridge found in DIR (a source tree
 with its C accelerator built: ``python setup.py build_ext --inplace``) and prints the change.
@@ -74,18 +90,124 @@ OPS = ("ready", "sleep0", "spawn", "wake", "fork", "echo")
 BOUNDS = (
     "fork-tasks",
     "echo-noidle", "echo-greenlet", "echo-greenlet-direct", "echo-ceiling", "echo-ceiling-timer",
-    "echo-streams", "ready-native", "sleep0-native",
+    "echo-streams", "echo-gevent", "ready-native", "sleep0-native", "sleep0-greenlet", "sleep0-sqlalchemy",
+    "switch-pair",
 )  # fmt: skip
 
 
-def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
+async def _client(port: int, n: int) -> None:
+    """The echo client: ``n`` round trips of 1 KiB on one asyncio streams connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    message = b"x" * 1024
+    for _ in range(n):
+        writer.write(message)
+        await reader.readexactly(len(message))
+    writer.close()
+    await writer.wait_closed()
+
+
+# How many connections the remote client drives at once: bench_echo's base point.
+CONNECTIONS = 50
+
+
+async def _load_client(port: int, n: int, connections: int) -> None:
+    """``n`` round trips of 1 KiB in all, ping-pong on ``connections`` connections at once
+    (``bench_echo``'s load, counted in round trips rather than seconds)."""
+    loop = asyncio.get_running_loop()
+    message = b"x" * 1024
+    left = [n - connections]
+    done: asyncio.Future[None] = loop.create_future()
+    running = [connections]
+
+    class Client(asyncio.Protocol):
+        received = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.received += len(data)
+            if self.received < len(message):
+                return
+            self.received -= len(message)
+            if left[0] > 0:
+                left[0] -= 1
+                self.transport.write(message)
+                return
+            running[0] -= 1
+            if not running[0]:
+                done.set_result(None)
+
+    transports = []
+    for _ in range(connections):
+        transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+        transports.append(transport)
+    for transport in transports:
+        transport.write(message)
+    await done
+    for transport in transports:
+        transport.close()
+
+
+def _start_client(port: int, n: int) -> tuple[subprocess.Popen[bytes], int]:
+    """``_load_client`` in a process of its own, on uvloop, which callgrind does not follow
+    (valgrind traces no child by default): its instructions are not counted. Returns the
+    process and the read end of a pipe that is its standard output, readable (at end of file)
+    once it has exited."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, __file__, "--client", str(port), str(n)], stdout=write_end)
+    os.close(write_end)
+    return proc, read_end
+
+
+def _end_client(proc: subprocess.Popen[bytes], read_end: int) -> None:
+    os.close(read_end)
+    if proc.wait():
+        raise RuntimeError(f"the echo client failed (exit status {proc.returncode})")
+
+
+async def _remote_client(port: int, n: int) -> None:
+    """``_client`` run in another process (``--server-only``); returns once it has exited."""
+    loop = asyncio.get_running_loop()
+    proc, read_end = _start_client(port, n)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        loop.remove_reader(read_end)
+        done.set_result(None)
+
+    loop.add_reader(read_end, exited)
+    await done
+    _end_client(proc, read_end)
+
+
+def _gevent_echo(n: int) -> None:
+    """gevent's ``StreamServer`` (``bench_echo``'s handler) serving the remote client."""
+    import gevent.socket
+    from gevent.server import StreamServer
+
+    def handle(sock: Any, addr: Any) -> None:
+        while data := sock.recv(65536):
+            sock.sendall(data)
+        sock.close()
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    proc, read_end = _start_client(server.address[1], n)
+    gevent.socket.wait_read(read_end)
+    _end_client(proc, read_end)
+    server.stop()
+
+
+def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
     """The operations, each an ``async def`` that does it ``n`` times (imported late: the child
     process imports the greenbridge of the tree it measures). ready, sleep0 and spawn are
     ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
-    loop, so they cancel out with the rest of the start-up)."""
+    loop, so they cancel out with the rest of the start-up). With ``server_only`` the echo
+    client runs in a process of its own, so only the server's instructions are counted."""
     from bench_crossing import _timed_bridge, _timed_native
-    from bench_echo import BufferedEcho
-    from greenlet import greenlet
+    from bench_echo import BufferedEcho, DirectGreenletEcho, GreenletEcho, TimerEcho
+    from greenlet import getcurrent, greenlet
 
     import greenbridge as gb
     from greenbridge._waiter import Waiter
@@ -148,14 +270,7 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
                 await asyncio.sleep(0)
             event.set()
 
-    async def client(port: int, n: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        message = b"x" * 1024
-        for _ in range(n):
-            writer.write(message)
-            await reader.readexactly(len(message))
-        writer.close()
-        await writer.wait_closed()
+    client = _remote_client if server_only else _client
 
     def echo_with(**options: Any) -> Callable[[int], Coroutine[Any, Any, None]]:
         async def echo(n: int) -> None:
@@ -181,47 +296,12 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
 
         return echo
 
-    async def echo_protocol(
-        protocol: Callable[[], asyncio.BaseProtocol], n: int, timer: bool = False
-    ) -> None:
+    async def echo_protocol(protocol: Callable[[], asyncio.BaseProtocol], n: int) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(protocol, "127.0.0.1", 0)
-        pending = loop.call_later(3600, lambda: None) if timer else None
         await client(server.sockets[0].getsockname()[1], n)
-        if pending is not None:
-            pending.cancel()
         server.close()
         await server.wait_closed()
-
-    class GreenletEcho(BufferedEcho):
-        """The ceiling's protocol with the bytes written back from a greenlet of its own."""
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            self.nbytes = 0
-            self.handler = greenlet(self.handle)
-            self.handler.switch()  # runs to its first switch out
-
-        def handle(self) -> None:
-            parent = self.handler.parent
-            assert parent is not None
-            while True:
-                parent.switch()
-                BufferedEcho.buffer_updated(self, self.nbytes)
-
-        direct = False
-
-        def buffer_updated(self, nbytes: int) -> None:
-            # From a loop callback, as greenbridge's wake batch does; or straight from the
-            # transport's callback, where greenlet copies out the deeper C stack on every switch.
-            self.nbytes = nbytes
-            if self.direct:
-                self.handler.switch()
-            else:
-                asyncio.get_running_loop().call_soon(self.handler.switch)
-
-    class DirectGreenletEcho(GreenletEcho):
-        direct = True
 
     async def echo_streams(n: int) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -235,6 +315,41 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
         server.close()
         await server.wait_closed()
 
+    def floor_spawn(fn: Callable[[], Any]) -> Coroutine[Any, Any, Any]:
+        """The least a greenlet bridge can do: ``fn`` in a plain greenlet whose switches out hand
+        this coroutine an awaitable, awaited and its result switched back in (no error handling,
+        no Task or context bookkeeping)."""
+
+        async def drive() -> Any:
+            child = greenlet(fn)
+            value = child.switch()
+            while not child.dead:
+                value = child.switch(await value)
+            return value
+
+        return drive()
+
+    def floor_await(awaitable: Any) -> Any:
+        parent = getcurrent().parent
+        assert parent is not None
+        return parent.switch(awaitable)
+
+    async def switch_pair(n: int) -> None:
+        main = getcurrent()
+
+        def body() -> None:
+            while True:
+                main.switch()
+
+        into = greenlet(body).switch
+        for _ in range(n):
+            into()
+
+    def sqlalchemy(op: str) -> Callable[[int], Coroutine[Any, Any, float]]:
+        from sqlalchemy.util import await_, greenlet_spawn
+
+        return lambda n: _timed_bridge({"spawn": greenlet_spawn, "await_": await_}, op, n)
+
     return {
         "ready": crossing("await_ready"),
         "sleep0": crossing("await_sleep0"),
@@ -247,23 +362,32 @@ def _operations() -> dict[str, Callable[[int], Coroutine[Any, Any, object]]]:
         "echo-greenlet": lambda n: echo_protocol(GreenletEcho, n),
         "echo-greenlet-direct": lambda n: echo_protocol(DirectGreenletEcho, n),
         "echo-ceiling": lambda n: echo_protocol(BufferedEcho, n),
-        "echo-ceiling-timer": lambda n: echo_protocol(BufferedEcho, n, timer=True),
+        "echo-ceiling-timer": lambda n: echo_protocol(TimerEcho, n),
         "echo-streams": echo_streams,
         "ready-native": lambda n: _timed_native("await_ready", n),
         "sleep0-native": lambda n: _timed_native("await_sleep0", n),
+        "sleep0-greenlet": lambda n: _timed_bridge(
+            {"spawn": floor_spawn, "await_": floor_await}, "await_sleep0", n
+        ),
+        "switch-pair": switch_pair,
+        "sleep0-sqlalchemy": sqlalchemy("await_sleep0"),
     }
 
 
-def _child(loop_name: str, op: str, n: int) -> None:
+def _child(loop_name: str, op: str, n: int, server_only: bool) -> None:
     """Run ``op`` ``n`` times on a new loop of ``loop_name`` (in the process callgrind counts)."""
     from bench_crossing import _loop_factory
 
+    if op == "echo-gevent":
+        _gevent_echo(n)  # gevent's own hub, whatever the loop
+        return
     with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
-        runner.run(_operations()[op](n))
+        runner.run(_operations(server_only)[op](n))
 
 
-def count(tree: Path, loop_name: str, op: str, n: int) -> int:
-    """User-space instructions of one child run of ``n`` operations with ``tree``'s greenbridge."""
+def count(tree: Path, loop_name: str, op: str, n: int, server_only: bool = False) -> int:
+    """User-space instructions of one child run of ``n`` operations with ``tree``'s greenbridge
+    (with ``server_only``, of an echo op's server alone)."""
     # A fixed hash seed: str hashes, and with them dict and set layouts, are otherwise random in
     # each process, and move the count of a short operation by several percent from run to run.
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
@@ -272,6 +396,7 @@ def count(tree: Path, loop_name: str, op: str, n: int) -> int:
         [
             "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
             sys.executable, __file__, "--child", loop_name, op, str(n),
+            *(["--server-only"] if server_only else []),
         ],
         capture_output=True, text=True, env=env, cwd=tree, check=True,
     )  # fmt: skip
@@ -281,8 +406,9 @@ def count(tree: Path, loop_name: str, op: str, n: int) -> int:
     return int(found.group(1))
 
 
-def per_op(tree: Path, loop_name: str, op: str, n1: int, n2: int) -> float:
-    return (count(tree, loop_name, op, n2) - count(tree, loop_name, op, n1)) / (n2 - n1)
+def per_op(tree: Path, loop_name: str, op: str, n1: int, n2: int, server_only: bool = False) -> float:
+    first = count(tree, loop_name, op, n1, server_only)
+    return (count(tree, loop_name, op, n2, server_only) - first) / (n2 - n1)
 
 
 def main() -> None:
@@ -294,10 +420,21 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=4000)
     parser.add_argument("--n2", type=int, default=16000)
     parser.add_argument("--against", type=Path, help="another source tree to compare with")
+    parser.add_argument(
+        "--server-only",
+        action="store_true",
+        help="echo ops: run the client in a process of its own and count the server alone",
+    )
     parser.add_argument("--child", nargs=3, metavar=("LOOP", "OP", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=2, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], args.child[1], int(args.child[2]))
+        _child(args.child[0], args.child[1], int(args.child[2]), args.server_only)
+        return
+    if args.client:
+        import uvloop
+
+        uvloop.run(_load_client(int(args.client[0]), int(args.client[1]), CONNECTIONS))
         return
     if shutil.which("valgrind") is None:
         sys.exit("bench_instructions needs valgrind (Debian: apt-get install valgrind)")
@@ -305,13 +442,21 @@ def main() -> None:
     unknown = set(ops) - set(OPS + BOUNDS)
     if unknown or args.n2 <= args.n1:
         sys.exit(f"--ops takes {', '.join(OPS + BOUNDS)} or all; --n2 must exceed --n1")
+    if "echo-gevent" in ops and not args.server_only and args.ops == "all":
+        ops = tuple(op for op in ops if op != "echo-gevent")
+    elif "echo-gevent" in ops and not args.server_only:
+        sys.exit("echo-gevent runs on gevent's hub, not on the client's loop: it needs --server-only")
+    if args.server_only:
+        ops = tuple(op for op in ops if op.startswith("echo"))
     trees = [HERE] if args.against is None else [args.against.resolve(), HERE]
     print(f"instructions per operation (callgrind, N = {args.n1} and {args.n2})")
     header = "loop     op                 " + "".join(f"{tree.name[:14]:>16}" for tree in trees)
     print(header + ("    change" if len(trees) == 2 else ""), flush=True)
     for loop_name in args.loops.split(","):
         for op in ops:
-            figures = [per_op(tree, loop_name, op, args.n1, args.n2) for tree in trees]
+            if op == "echo-gevent" and loop_name != args.loops.split(",")[0]:
+                continue  # gevent's hub is the same whatever the loop: counted once
+            figures = [per_op(tree, loop_name, op, args.n1, args.n2, args.server_only) for tree in trees]
             line = f"{loop_name:8} {op:18} " + "".join(f"{figure:16,.0f}" for figure in figures)
             if len(figures) == 2:
                 line += f"  {(figures[1] / figures[0] - 1) * 100:+7.1f} %"

@@ -121,7 +121,8 @@ def _ratio(ours: Any, theirs: Any) -> str:
 
 
 def render_crossing(outcome: Outcome) -> list[str]:
-    """Median ns per operation, per loop; every peer's column with greenbridge's ratio to it."""
+    """Median ns per operation, per loop; every peer's column with greenbridge's ratio to it;
+    the floor of a suspension (``floor_notes``)."""
     results = outcome.figures[0]
     lines = [
         f"{results['n']:,} operations per round, median of {results['rounds']} rounds, each on a fresh "
@@ -142,9 +143,31 @@ def render_crossing(outcome: Outcome) -> list[str]:
                 cells.append(f"{_num(row[peer])}{ratio}")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += floor_notes(results, loop_name)
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- {name}: skipped, {why}")
     return lines
+
+
+def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
+    """The floor of a suspension on ``loop_name`` (native ``sleep(0)`` plus one greenlet switch
+    pair, measured in the same run) beside greenbridge's and the peers' ``await_sleep0``."""
+    floor = results.get("floors", {}).get(loop_name)
+    row = results["loops"][loop_name].get("await_sleep0")
+    if not floor or not row:
+        return []
+    peers = ", ".join(
+        f"{name} {floor['await_sleep0'] / value:.2f}x"
+        for name, value in row.items()
+        if name not in ("native", "greenbridge")
+    )
+    return [
+        f"Floor of await_sleep0 on {loop_name}: native {row['native']:,.0f} ns + one greenlet "
+        f"switch pair {floor['switch_pair']:,.0f} ns = {floor['await_sleep0']:,.0f} ns; "
+        f"greenbridge {row['greenbridge'] / floor['await_sleep0']:.2f}x of it. The floor / each "
+        f"peer (the best ratio any greenlet bridge can have to it): {peers}.",
+        "",
+    ]
 
 
 def render_fibers(outcome: Outcome) -> list[str]:
@@ -210,6 +233,13 @@ ECHO_SERVERS = {
     "written in Python on that loop can echo with less work per round trip, and greenbridge's "
     "connections are built on this very protocol, so it bounds what they can reach",
     "gevent": "gevent's `StreamServer`, `sock.recv` / `sock.sendall` (its own libev/libuv hub)",
+    "greenlet-floor": "a bound: the ceiling's protocol with the bytes written back from a plain "
+    "greenlet that a loop callback switches into -- one callback and two switches a round trip, "
+    "no Task, no wait queue, no buffer of its own: the floor of any server whose handler is "
+    "direct-style code in a greenlet",
+    "buffered-timer": "a bound: the ceiling with a timer pending per connection (an hour away), "
+    "as a server with a read timeout has (`run_server`'s `idle_timeout`): what pending timers "
+    "cost the loop itself",
 }
 
 EchoKey = tuple[str, str]  # server, loop

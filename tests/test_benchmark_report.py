@@ -205,3 +205,18 @@ def test_the_figures_are_kept_and_render_again(report: ModuleType, tmp_path: Pat
     not_figures.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"other\.json holds no figures written by report\.py"):
         report.load_outcomes(not_figures)
+
+
+def test_the_floor_of_a_suspension_is_native_sleep0_plus_a_switch_pair(report: ModuleType) -> None:
+    row = {"native": 3000.0, "greenbridge": 4500.0, "sqlalchemy": 5000.0}
+    results = {
+        "loops": {"asyncio": {"await_sleep0": row}},
+        "floors": {"asyncio": {"switch_pair": 600.0, "await_sleep0": 3600.0}},
+    }
+    (note, blank) = report.floor_notes(results, "asyncio")
+    assert "3,000 ns + one greenlet switch pair 600 ns = 3,600 ns" in note
+    assert "greenbridge 1.25x of it" in note
+    assert "sqlalchemy 0.72x" in note
+    assert blank == ""
+    # Figures from before the floor was measured render without it.
+    assert report.floor_notes({"loops": {"asyncio": {"await_sleep0": row}}}, "asyncio") == []
