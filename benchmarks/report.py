@@ -7,8 +7,9 @@ The benchmarks (each also runs on its own; see its docstring):
   fibers     bench_fibers.py    the cost of a fiber: greenbridge's Switch, asyncio Tasks, gevent
   echo       bench_echo.py      echo servers: greenbridge's net and flow adapters, asyncio
                                 streams, a plain Protocol, gevent -- each against the ceiling
-                                (a raw BufferedProtocol); and the scale curves (connections,
-                                message sizes)
+                                (a raw BufferedProtocol) and two bounds (the ceiling written
+                                back from a greenlet; with a timer per connection); and the
+                                scale curves (connections, message sizes)
 
 Not in the report: ``bench_instructions.py`` counts the instructions of greenbridge's crossing
 path under valgrind (no peers; its figures do not move with the machine's load, so it is the
