@@ -196,10 +196,7 @@ def bench(loops: list[str], rounds: int, n: int) -> dict[str, Any]:
             table[op] = row
         results["loops"][loop_name] = table
         pair = _measure(loop_name, lambda: _timed_switch_pair(n), n, rounds)
-        results["floors"][loop_name] = {
-            "switch_pair": pair,
-            "await_sleep0": table["await_sleep0"]["native"] + pair,
-        }
+        results["floors"][loop_name] = {"switch_pair": pair}
     return results
 
 

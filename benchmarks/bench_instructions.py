@@ -167,7 +167,7 @@ def _end_client(proc: subprocess.Popen[bytes], read_end: int) -> None:
 
 
 async def _remote_client(port: int, n: int) -> None:
-    """``_client`` run in another process (``--server-only``); returns once it has exited."""
+    """``_load_client`` run in another process (``--server-only``); returns once it has exited."""
     loop = asyncio.get_running_loop()
     proc, read_end = _start_client(port, n)
     done: asyncio.Future[None] = loop.create_future()
@@ -205,7 +205,7 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
     ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
     loop, so they cancel out with the rest of the start-up). With ``server_only`` the echo
     client runs in a process of its own, so only the server's instructions are counted."""
-    from bench_crossing import _timed_bridge, _timed_native
+    from bench_crossing import _timed_bridge, _timed_native, _timed_switch_pair
     from bench_echo import BufferedEcho, DirectGreenletEcho, GreenletEcho, TimerEcho
     from greenlet import getcurrent, greenlet
 
@@ -334,17 +334,6 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
         assert parent is not None
         return parent.switch(awaitable)
 
-    async def switch_pair(n: int) -> None:
-        main = getcurrent()
-
-        def body() -> None:
-            while True:
-                main.switch()
-
-        into = greenlet(body).switch
-        for _ in range(n):
-            into()
-
     def sqlalchemy(op: str) -> Callable[[int], Coroutine[Any, Any, float]]:
         from sqlalchemy.util import await_, greenlet_spawn
 
@@ -369,7 +358,7 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
         "sleep0-greenlet": lambda n: _timed_bridge(
             {"spawn": floor_spawn, "await_": floor_await}, "await_sleep0", n
         ),
-        "switch-pair": switch_pair,
+        "switch-pair": _timed_switch_pair,
         "sleep0-sqlalchemy": sqlalchemy("await_sleep0"),
     }
 
@@ -442,10 +431,10 @@ def main() -> None:
     unknown = set(ops) - set(OPS + BOUNDS)
     if unknown or args.n2 <= args.n1:
         sys.exit(f"--ops takes {', '.join(OPS + BOUNDS)} or all; --n2 must exceed --n1")
-    if "echo-gevent" in ops and not args.server_only and args.ops == "all":
+    if "echo-gevent" in ops and not args.server_only:
+        if args.ops != "all":
+            sys.exit("echo-gevent runs on gevent's hub, not on the client's loop: it needs --server-only")
         ops = tuple(op for op in ops if op != "echo-gevent")
-    elif "echo-gevent" in ops and not args.server_only:
-        sys.exit("echo-gevent runs on gevent's hub, not on the client's loop: it needs --server-only")
     if args.server_only:
         ops = tuple(op for op in ops if op.startswith("echo"))
     trees = [HERE] if args.against is None else [args.against.resolve(), HERE]

@@ -153,19 +153,20 @@ def render_crossing(outcome: Outcome) -> list[str]:
 def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
     """The floor of a suspension on ``loop_name`` (native ``sleep(0)`` plus one greenlet switch
     pair, measured in the same run) beside greenbridge's and the peers' ``await_sleep0``."""
-    floor = results.get("floors", {}).get(loop_name)
+    pair = results.get("floors", {}).get(loop_name, {}).get("switch_pair")
     row = results["loops"][loop_name].get("await_sleep0")
-    if not floor or not row:
+    if pair is None or not row:
         return []
+    floor = row["native"] + pair
     peers = ", ".join(
-        f"{name} {floor['await_sleep0'] / value:.2f}x"
+        f"{name} {floor / value:.2f}x"
         for name, value in row.items()
         if name not in ("native", "greenbridge")
     )
     return [
         f"Floor of await_sleep0 on {loop_name}: native {row['native']:,.0f} ns + one greenlet "
-        f"switch pair {floor['switch_pair']:,.0f} ns = {floor['await_sleep0']:,.0f} ns; "
-        f"greenbridge {row['greenbridge'] / floor['await_sleep0']:.2f}x of it. The floor / each "
+        f"switch pair {pair:,.0f} ns = {floor:,.0f} ns; "
+        f"greenbridge {row['greenbridge'] / floor:.2f}x of it. The floor / each "
         f"peer (the best ratio any greenlet bridge can have to it): {peers}.",
         "",
     ]

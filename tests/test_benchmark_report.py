@@ -211,7 +211,7 @@ def test_the_floor_of_a_suspension_is_native_sleep0_plus_a_switch_pair(report: M
     row = {"native": 3000.0, "greenbridge": 4500.0, "sqlalchemy": 5000.0}
     results = {
         "loops": {"asyncio": {"await_sleep0": row}},
-        "floors": {"asyncio": {"switch_pair": 600.0, "await_sleep0": 3600.0}},
+        "floors": {"asyncio": {"switch_pair": 600.0}},
     }
     (note, blank) = report.floor_notes(results, "asyncio")
     assert "3,000 ns + one greenlet switch pair 600 ns = 3,600 ns" in note
