@@ -44,6 +44,7 @@ static PyObject *task_of;      /* _control._task_of: the Task a loop is stepping
 static PyObject *doc_holder;   /* keeps the docstring's UTF-8 buffer alive */
 static PyObject *bad_yield;    /* _core._bad_yield: the error a Task throws in for a bad yield */
 static PyObject *str_direct, *str_blocking, *str_parent, *str_switch, *str_throw, *str_value, *str_task;
+static PyObject *str_get_loop;
 
 static PyMethodDef await_def;
 
@@ -225,35 +226,50 @@ throw_into(PyObject *it, PyObject *exc, PyObject **out)
     return value ? PYGEN_RETURN : PYGEN_ERROR;
 }
 
+/* The loop of ``fiber``'s own Task (``fiber._task``) when that Task is the one being stepped now,
+   as a new reference; else NULL, with an exception set only on error (no Task yet, another Task
+   current: the caller takes its slow path).
+
+   This stands for asyncio._get_running_loop() where the answer can be had without it: on Python
+   3.11 that call makes a getpid() system call each time (it checks the loop was not inherited
+   across a fork), which was one system call per suspension and per park. The two are the same
+   loop whenever this finds the Task current: while this thread runs the fiber, its Task can be in
+   a step only on this thread (greenlet switches only within a thread), whose running loop is the
+   Task's. */
+static PyObject *
+own_task_loop(PyObject *fiber)
+{
+    PyObject *own = fiber_slot(fiber, task_offset, str_task);
+    if (own == NULL || own == Py_None) {
+        Py_XDECREF(own);
+        return NULL;
+    }
+    PyObject *loop = PyObject_VectorcallMethod(
+        str_get_loop, &own, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *task = loop == NULL ? NULL : PyObject_CallOneArg(task_of, loop);
+    Py_DECREF(own);
+    Py_XDECREF(task);  /* only its identity is compared; the loop and the fiber hold it */
+    if (task != own) {
+        Py_XDECREF(loop);
+        return NULL;
+    }
+    return loop;
+}
+
 /* 0 when ``fiber`` runs a step of its own Task (``fiber._task``), as it may suspend; else -1 with
    the exception set: NoGreenContext from _core._check_suspension, which says why. The same test
-   as _check_suspension's, without its two Python calls on every await that suspends. */
+   as _check_suspension's, without its Python calls on every await that suspends (the slow path
+   when own_task_loop does not find the Task current). */
 static int
 check_own_task(PyObject *fiber)
 {
-    PyObject *loop = PyObject_CallNoArgs(running_loop);
-    if (loop == NULL) {
-        return -1;
-    }
-    PyObject *task;
-    if (loop == Py_None) {
-        task = loop;
-    }
-    else {
-        task = PyObject_CallOneArg(task_of, loop);
+    PyObject *loop = own_task_loop(fiber);
+    if (loop != NULL) {
         Py_DECREF(loop);
-        if (task == NULL) {
-            return -1;
-        }
-    }
-    PyObject *own = fiber_slot(fiber, task_offset, str_task);
-    Py_DECREF(task);  /* only its identity is compared; the loop and the fiber hold it */
-    if (own == NULL) {
-        return -1;
-    }
-    Py_DECREF(own);
-    if (own == task) {
         return 0;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
     }
     PyObject *ok = PyObject_CallOneArg(suspend_check, fiber);  /* raises NoGreenContext */
     if (ok == NULL) {
@@ -481,7 +497,7 @@ static PyObject *pass_to_driver;         /* _control._pass_to_driver */
 static PyObject *enter_task, *leave_task; /* asyncio.tasks._enter_task, _leave_task */
 static PyObject *swap_current_task;      /* asyncio.tasks._swap_current_task; NULL before 3.12 */
 static PyObject *get_running_loop;       /* asyncio.get_running_loop (raises outside a loop) */
-static PyObject *str_park, *str_done, *str_get_loop, *str_set_result, *str_create_future;
+static PyObject *str_park, *str_done, *str_set_result, *str_create_future;
 
 /* Store ``value`` in the _Fiber slot at ``offset`` (what assigning the attribute does). */
 static void
@@ -610,8 +626,9 @@ park_fiber(PyObject *fiber)
     }
     if (fresh) {
         Py_DECREF(future);
-        PyObject *loop = PyObject_CallNoArgs(get_running_loop);
-        if (loop == NULL) {
+        /* The running loop; its Task is the fiber's own when own_task_loop finds it. */
+        PyObject *loop = own_task_loop(fiber);
+        if (loop == NULL && (PyErr_Occurred() || (loop = PyObject_CallNoArgs(get_running_loop)) == NULL)) {
             return NULL;
         }
         future = call_method0(loop, str_create_future);
