@@ -1,14 +1,17 @@
 """The cost of crossing between asyncio and direct-style code, greenbridge beside its peers.
 
-Three operations, each timed per operation (ns), as the median of several rounds, in one run,
-on the same loop:
+Three operations, each timed per operation (ns), as the median of several rounds in one run
+(the rounds interleaved: each round times every contender once), on the same loop:
 
   (a) await_ready   -- green code awaits an awaitable that completes at once
   (b) await_sleep0  -- green code awaits ``asyncio.sleep(0)`` (one real suspension)
   (c) spawn         -- asyncio code runs a trivial direct-style function and gets its result
 
 Peers: native ``await`` (the floor), greenbridge, SQLAlchemy's ``greenlet_spawn``/``await_``,
-awaitlet, greenletio and greenback (each skipped with a note when not installed).
+awaitlet, greenletio and greenback (each skipped with a note when not installed). And two floors
+of ``await_sleep0``: native ``sleep(0)`` plus one greenlet switch pair timed in a loop of its own
+(the floor by instructions), and the least greenlet bridge (``FLOOR_BRIDGE``: the floor by time,
+since a switch between the loop's work misses the caches a switch alone keeps warm).
 
     python benchmarks/bench_crossing.py [--loops asyncio,uvloop] [--rounds 7] [--n 20000]
     python benchmarks/bench_crossing.py --json results.json
@@ -149,6 +152,36 @@ async def _timed_switch_pair(n: int) -> float:
     return time.perf_counter() - start
 
 
+def _floor_spawn(fn: Callable[[], Any]) -> Awaitable[Any]:
+    """The least a greenlet bridge can do: ``fn`` in a plain greenlet whose switches out hand
+    this coroutine an awaitable, awaited and its result switched back in (no error handling,
+    no Task or context bookkeeping)."""
+    from greenlet import greenlet
+
+    async def drive() -> Any:
+        child = greenlet(fn)
+        value = child.switch()
+        while not child.dead:
+            value = child.switch(await value)
+        return value
+
+    return drive()
+
+
+def _floor_await(awaitable: Any) -> Any:
+    from greenlet import getcurrent
+
+    parent = getcurrent().parent
+    assert parent is not None
+    return parent.switch(awaitable)
+
+
+#: The least greenlet bridge, in the shape of the others: the realistic floor of a suspension (the
+#: loop's work and a greenlet's switches in one iteration evict each other's code from the CPU's
+#: caches, which a tight loop of switches alone never shows).
+FLOOR_BRIDGE: Bridge = {"spawn": _floor_spawn, "await_": _floor_await}
+
+
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "uvloop":
         import uvloop
@@ -157,13 +190,10 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def _measure(loop_name: str, run: Callable[[], Awaitable[float]], n: int, rounds: int) -> float:
-    """Median ns per operation over ``rounds`` rounds, each on a fresh loop."""
-    samples = []
-    for _ in range(rounds):
-        with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
-            samples.append(runner.run(_as_coro(run)) / n * 1e9)
-    return statistics.median(samples)
+def _sample(loop_name: str, run: Callable[[], Awaitable[float]], n: int) -> float:
+    """ns per operation of one round, on a fresh loop."""
+    with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
+        return runner.run(_as_coro(run)) / n * 1e9
 
 
 async def _as_coro(run: Callable[[], Awaitable[float]]) -> float:
@@ -174,29 +204,36 @@ OPS = ("await_ready", "await_sleep0", "spawn")
 
 
 def bench(loops: list[str], rounds: int, n: int) -> dict[str, Any]:
+    """Every (loop, operation, contender) once per round, the rounds interleaved, and the median
+    of each: this machine's speed drifts by tens of percent over a minute, and a contender timed
+    in consecutive rounds would take whatever speed the machine had then; interleaved, every
+    contender samples the same stretches of time."""
     bridges = _bridges()
     results: dict[str, Any] = {"n": n, "rounds": rounds, "loops": {}, "skipped": {}, "floors": {}}
     for name, bridge in bridges.items():
         if isinstance(bridge, str):
             results["skipped"][name] = bridge
+    # (loop, table, row, column, what to time)
+    configs: list[tuple[str, str, str, str, Callable[[], Awaitable[float]]]] = []
     for loop_name in loops:
-        table: dict[str, dict[str, float]] = {}
         for op in OPS:
-            row: dict[str, float] = {}
-            row["native"] = _measure(loop_name, lambda op=op: _timed_native(op, n), n, rounds)  # type: ignore[misc]
+            configs.append((loop_name, "loops", op, "native", lambda op=op: _timed_native(op, n)))  # type: ignore[misc]
             for name, bridge in bridges.items():
-                if isinstance(bridge, str):
-                    continue
-                row[name] = _measure(
-                    loop_name,
-                    lambda b=bridge, op=op: _timed_bridge(b, op, n),  # type: ignore[misc]
-                    n,
-                    rounds,
-                )
-            table[op] = row
-        results["loops"][loop_name] = table
-        pair = _measure(loop_name, lambda: _timed_switch_pair(n), n, rounds)
-        results["floors"][loop_name] = {"switch_pair": pair}
+                if not isinstance(bridge, str):
+                    run = lambda b=bridge, op=op: _timed_bridge(b, op, n)  # type: ignore[misc]  # noqa: E731
+                    configs.append((loop_name, "loops", op, name, run))
+        configs.append((loop_name, "floors", "", "switch_pair", lambda: _timed_switch_pair(n)))
+        least = lambda: _timed_bridge(FLOOR_BRIDGE, "await_sleep0", n)  # noqa: E731
+        configs.append((loop_name, "floors", "", "greenlet_bridge", least))
+    samples: list[list[float]] = [[] for _ in configs]
+    for _ in range(rounds):
+        for config, taken in zip(configs, samples, strict=True):
+            taken.append(_sample(config[0], config[4], n))
+    for (loop_name, table, row, column, _), taken in zip(configs, samples, strict=True):
+        place = results[table].setdefault(loop_name, {})
+        if row:
+            place = place.setdefault(row, {})
+        place[column] = statistics.median(taken)
     return results
 
 

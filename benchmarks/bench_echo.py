@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -395,6 +396,27 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _kernel_counters(pid: int) -> tuple[float, int] | None:
+    """CPU seconds a process spent in the kernel so far, and how many times it went to sleep
+    (voluntary context switches: for an event loop, a wait in epoll that found nothing ready),
+    every thread (Linux), else None. The two say where a server's CPU goes beside its own code:
+    a server that sleeps once per round trip pays the kernel's wake-up each time, one that finds
+    many connections ready at each wake-up shares it between them."""
+    try:
+        sys_ticks = wakeups = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                sys_ticks += int(f.read().rsplit(")", 1)[1].split()[12])
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                found = re.search(r"^voluntary_ctxt_switches:\s*(\d+)", f.read(), re.M)
+            if found is None:
+                return None
+            wakeups += int(found.group(1))
+    except (OSError, ValueError, IndexError):
+        return None
+    return sys_ticks / os.sysconf("SC_CLK_TCK"), wakeups
+
+
 @dataclass(frozen=True)
 class Point:
     """One place on a curve: how many connections, how big a message, which servers, how long."""
@@ -435,15 +457,18 @@ def measure(server: str, loop_name: str, point: Point, args: argparse.Namespace)
         assert load_proc.stdout is not None
         deadline = time.monotonic() + point.warmup + point.duration + 60
         started = _read_line(load_proc, deadline)
-        cpu_before = _cpu_seconds(proc.pid)
+        cpu_before, kernel_before = _cpu_seconds(proc.pid), _kernel_counters(proc.pid)
         figures = _read_line(load_proc, deadline)
-        cpu_after = _cpu_seconds(proc.pid)
+        cpu_after, kernel_after = _cpu_seconds(proc.pid), _kernel_counters(proc.pid)
         if started != "start" or not figures:
             raise RuntimeError(f"load process failed ({load_proc.wait(30)})")
         result: dict[str, Any] = json.loads(figures)
         result["rps"] = result["round_trips"] / result["seconds"]
         if cpu_before is not None and cpu_after is not None and result["round_trips"]:
             result["cpu_us"] = (cpu_after - cpu_before) / result["round_trips"] * 1e6
+        if kernel_before is not None and kernel_after is not None and result["round_trips"]:
+            result["sys_us"] = (kernel_after[0] - kernel_before[0]) / result["round_trips"] * 1e6
+            result["wakeups_per_rt"] = (kernel_after[1] - kernel_before[1]) / result["round_trips"]
         if load_proc.wait(30):
             raise RuntimeError(f"load process failed ({load_proc.returncode})")
         return result
@@ -514,6 +539,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     continue
                 runs.setdefault(key, []).append(figures)
                 cpu = f"{figures['cpu_us']:7.2f} us CPU/rt" if "cpu_us" in figures else ""
+                if "sys_us" in figures:
+                    cpu += (
+                        f" ({figures['sys_us']:.2f} in the kernel, {figures['wakeups_per_rt']:.3f} wake-ups)"
+                    )
                 print(
                     f"round {round_no + 1}: {point.connections:>4} x {point.size:>5} B {server:>17} "
                     f"{loop_name:>7}: {figures['rps']:>9,.0f} rt/s {cpu} (load busy "
@@ -531,6 +560,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "rps": statistics.median(f["rps"] for f in figures_list),
             "best": max(f["rps"] for f in figures_list),
             "cpu_us": statistics.median(cpus) if cpus else 0.0,
+            **{
+                name: statistics.median(f[name] for f in figures_list)
+                for name in ("sys_us", "wakeups_per_rt")
+                if all(name in f for f in figures_list)
+            },
             "load_busy": statistics.median(f["load_busy"] for f in figures_list),
             "runs": len(figures_list),
         })  # fmt: skip

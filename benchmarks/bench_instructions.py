@@ -66,6 +66,16 @@ socket and meets ``EAGAIN``, for one).
     python benchmarks/bench_instructions.py [--loops asyncio,uvloop] [--ops ready,sleep0 | all]
     python benchmarks/bench_instructions.py --against DIR   # DIR: another checkout, e.g. a tag
     python benchmarks/bench_instructions.py --server-only --ops all
+    python benchmarks/bench_instructions.py --misses --ops sleep0,sleep0-native,switch-pair,sleep0-greenlet
+
+``--misses`` runs the same children under cachegrind, which simulates the machine's caches and a
+branch predictor, and prints per operation the first-level instruction and data cache misses, the
+last-level misses and the mispredicted branches beside the instructions. Time is instructions
+times cycles per instruction, and these are what raise the second: a switch pair alone in a
+loop misses the instruction cache some five times; inside a loop iteration, whose code it evicts
+and which evicts its own, several hundred times more (``sleep0`` against ``sleep0-native`` plus
+``switch-pair``), which is why native ``sleep(0)`` plus a switch pair is a floor by instructions
+but not by time.
 
 ``--against`` measures the same operations with the greenbridge found in DIR (a source tree
 with its C accelerator built: ``python setup.py build_ext --inplace``) and prints the change.
@@ -205,9 +215,8 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
     ``bench_crossing``'s own, with greenbridge as the bridge (their clock reads are outside the
     loop, so they cancel out with the rest of the start-up). With ``server_only`` the echo
     client runs in a process of its own, so only the server's instructions are counted."""
-    from bench_crossing import _timed_bridge, _timed_native, _timed_switch_pair
+    from bench_crossing import FLOOR_BRIDGE, _timed_bridge, _timed_native, _timed_switch_pair
     from bench_echo import BufferedEcho, DirectGreenletEcho, GreenletEcho, TimerEcho
-    from greenlet import getcurrent, greenlet
 
     import greenbridge as gb
     from greenbridge._waiter import Waiter
@@ -315,25 +324,6 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
         server.close()
         await server.wait_closed()
 
-    def floor_spawn(fn: Callable[[], Any]) -> Coroutine[Any, Any, Any]:
-        """The least a greenlet bridge can do: ``fn`` in a plain greenlet whose switches out hand
-        this coroutine an awaitable, awaited and its result switched back in (no error handling,
-        no Task or context bookkeeping)."""
-
-        async def drive() -> Any:
-            child = greenlet(fn)
-            value = child.switch()
-            while not child.dead:
-                value = child.switch(await value)
-            return value
-
-        return drive()
-
-    def floor_await(awaitable: Any) -> Any:
-        parent = getcurrent().parent
-        assert parent is not None
-        return parent.switch(awaitable)
-
     def sqlalchemy(op: str) -> Callable[[int], Coroutine[Any, Any, float]]:
         from sqlalchemy.util import await_, greenlet_spawn
 
@@ -355,9 +345,7 @@ def _operations(server_only: bool) -> dict[str, Callable[[int], Coroutine[Any, A
         "echo-streams": echo_streams,
         "ready-native": lambda n: _timed_native("await_ready", n),
         "sleep0-native": lambda n: _timed_native("await_sleep0", n),
-        "sleep0-greenlet": lambda n: _timed_bridge(
-            {"spawn": floor_spawn, "await_": floor_await}, "await_sleep0", n
-        ),
+        "sleep0-greenlet": lambda n: _timed_bridge(FLOOR_BRIDGE, "await_sleep0", n),
         "switch-pair": _timed_switch_pair,
         "sleep0-sqlalchemy": sqlalchemy("await_sleep0"),
     }
@@ -374,30 +362,74 @@ def _child(loop_name: str, op: str, n: int, server_only: bool) -> None:
         runner.run(_operations(server_only)[op](n))
 
 
+#: With ``--misses``: what cachegrind's simulation of the machine's caches and branch predictor
+#: counts, by the name of its summary line.
+MISSES = {"I refs": "instructions", "I1 misses": "I1 misses", "D1 misses": "D1 misses",
+          "LL misses": "LL misses", "Mispredicts": "mispredicts"}  # fmt: skip
+
+
 def count(tree: Path, loop_name: str, op: str, n: int, server_only: bool = False) -> int:
     """User-space instructions of one child run of ``n`` operations with ``tree``'s greenbridge
     (with ``server_only``, of an echo op's server alone)."""
+    tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    return _valgrind(tree, loop_name, op, n, server_only, tool)["Collected"]
+
+
+def misses(tree: Path, loop_name: str, op: str, n: int, server_only: bool = False) -> dict[str, int]:
+    """The same run under cachegrind, simulating the machine's caches (its sizes, read from the
+    CPU) and a branch predictor: instructions, first-level instruction and data cache misses,
+    last-level misses and mispredicted branches. A simulation, not the hardware's counters
+    (which this kind of machine may not offer), but the same for the same run."""
+    tool = ["--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null"]
+    found = _valgrind(tree, loop_name, op, n, server_only, tool)
+    return {name: found[key] for key, name in MISSES.items()}
+
+
+def _valgrind(
+    tree: Path, loop_name: str, op: str, n: int, server_only: bool, tool: list[str]
+) -> dict[str, int]:
+    """One child run under valgrind with ``tool``'s options: the counts of its summary, by name."""
     # A fixed hash seed: str hashes, and with them dict and set layouts, are otherwise random in
     # each process, and move the count of a short operation by several percent from run to run.
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     env.pop("GREENBRIDGE_NO_SPEEDUPS", None)
     proc = subprocess.run(
         [
-            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            "valgrind", *tool,
             sys.executable, __file__, "--child", loop_name, op, str(n),
             *(["--server-only"] if server_only else []),
         ],
         capture_output=True, text=True, env=env, cwd=tree, check=True,
     )  # fmt: skip
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if found is None:
-        raise RuntimeError(f"callgrind printed no count:\n{proc.stderr[-2000:]}")
-    return int(found.group(1))
+    found = {
+        " ".join(name.split()): int(value.replace(",", ""))
+        for name, value in re.findall(r"==\d+== (\w[\w ]*?\w) *: +([\d,]+)", proc.stderr)
+    }
+    if not found:
+        raise RuntimeError(f"valgrind printed no count:\n{proc.stderr[-2000:]}")
+    return found
 
 
 def per_op(tree: Path, loop_name: str, op: str, n1: int, n2: int, server_only: bool = False) -> float:
     first = count(tree, loop_name, op, n1, server_only)
     return (count(tree, loop_name, op, n2, server_only) - first) / (n2 - n1)
+
+
+def misses_per_op(loop_name: str, op: str, n1: int, n2: int, server_only: bool = False) -> dict[str, float]:
+    first = misses(HERE, loop_name, op, n1, server_only)
+    second = misses(HERE, loop_name, op, n2, server_only)
+    return {name: (second[name] - first[name]) / (n2 - n1) for name in first}
+
+
+def _print_misses(loops: list[str], ops: tuple[str, ...], n1: int, n2: int, server_only: bool) -> None:
+    print(f"per operation, cachegrind's simulation (N = {n1} and {n2})")
+    print("loop     op                 " + "".join(f"{name:>14}" for name in MISSES.values()), flush=True)
+    for loop_name in loops:
+        for op in ops:
+            if op == "echo-gevent" and loop_name != loops[0]:
+                continue
+            figures = misses_per_op(loop_name, op, n1, n2, server_only)
+            print(f"{loop_name:8} {op:18} " + "".join(f"{v:14,.1f}" for v in figures.values()), flush=True)
 
 
 def main() -> None:
@@ -413,6 +445,11 @@ def main() -> None:
         "--server-only",
         action="store_true",
         help="echo ops: run the client in a process of its own and count the server alone",
+    )
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="under cachegrind: the simulated cache misses and mispredicted branches per op too",
     )
     parser.add_argument("--child", nargs=3, metavar=("LOOP", "OP", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=2, metavar=("PORT", "N"), help=argparse.SUPPRESS)
@@ -437,6 +474,11 @@ def main() -> None:
         ops = tuple(op for op in ops if op != "echo-gevent")
     if args.server_only:
         ops = tuple(op for op in ops if op.startswith("echo"))
+    if args.misses:
+        if args.against is not None:
+            sys.exit("--misses counts this tree only: leave out --against")
+        _print_misses(args.loops.split(","), ops, args.n1, args.n2, args.server_only)
+        return
     trees = [HERE] if args.against is None else [args.against.resolve(), HERE]
     print(f"instructions per operation (callgrind, N = {args.n1} and {args.n2})")
     header = "loop     op                 " + "".join(f"{tree.name[:14]:>16}" for tree in trees)

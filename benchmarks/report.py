@@ -163,13 +163,30 @@ def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
         for name, value in row.items()
         if name not in ("native", "greenbridge")
     )
-    return [
+    lines = [
         f"Floor of await_sleep0 on {loop_name}: native {row['native']:,.0f} ns + one greenlet "
         f"switch pair {pair:,.0f} ns = {floor:,.0f} ns; "
         f"greenbridge {row['greenbridge'] / floor:.2f}x of it. The floor / each "
         f"peer (the best ratio any greenlet bridge can have to it): {peers}.",
         "",
     ]
+    least = results["floors"][loop_name].get("greenlet_bridge")
+    if least is not None:
+        lines += [
+            f"The least greenlet bridge (a plain greenlet handing each awaitable to a coroutine "
+            f"that awaits it: no error handling, no Task or context bookkeeping) takes "
+            f"{least:,.0f} ns: greenbridge {row['greenbridge'] / least:.2f}x of it, it / "
+            + ", ".join(
+                f"{name} {least / value:.2f}x"
+                for name, value in row.items()
+                if name not in ("native", "greenbridge")
+            )
+            + ". A switch pair in a loop of its own keeps its code in the CPU's caches; between "
+            "the loop's work it does not, so this, not the sum above, is what a bridge can reach "
+            "(bench_instructions.py --misses counts the cache misses of each).",
+            "",
+        ]
+    return lines
 
 
 def render_fibers(outcome: Outcome) -> list[str]:
