@@ -286,7 +286,8 @@ def echo_medians(
     outcome: Outcome, key: str = "rps", point: EchoPoint | None = None
 ) -> dict[EchoKey, float]:
     """(server, loop) -> the median of figure ``key`` ("rps": round trips per second, "cpu_us":
-    server CPU per round trip, "load_busy": the load process's CPU share) over every run of the
+    server CPU per round trip, "sys_us": the part of it in the kernel, "load_busy": the load
+    process's CPU share) over every run of the
     benchmark, at ``point`` (connections, size; None: the main table's); absent or zero figures
     left out."""
     medians: dict[EchoKey, float] = {}
@@ -322,6 +323,7 @@ def render_echo(outcome: Outcome) -> list[str]:
     rps = echo_medians(outcome, "rps")
     cpu = echo_medians(outcome, "cpu_us")
     busy = echo_medians(outcome, "load_busy")
+    kernel = echo_medians(outcome, "sys_us")
     loops = list(dict.fromkeys(loop for _, loop in rps))
     servers = list(dict.fromkeys(server for server, _ in rps))
     ours = [s for s in servers if s.startswith("gb-")]
@@ -334,6 +336,9 @@ def render_echo(outcome: Outcome) -> list[str]:
         "pinned to different cores. Cells: round trips per second (higher is better) "
         "and, in brackets, the server's CPU time per round trip in us over the same window "
         "(lower is better; a busy machine disturbs it less than throughput)"
+        + (", and how much of that was in the kernel: the system calls and the loopback "
+           "network stack, the same work for every server on a loop, which bounds the ratios "
+           "between them however little the server's own code does" if kernel else "")
         + (f"; † marks a load process on the CPU {LOAD_BUSY:.0%}+ of the window, which may then "
            "be what bounds the throughput" if busy else "") + ".",
         "",
@@ -348,7 +353,9 @@ def render_echo(outcome: Outcome) -> list[str]:
                 continue
             used = cpu.get((server, loop))
             mark = "†" if busy.get((server, loop), 0.0) >= LOAD_BUSY else ""
-            cells.append(_num(rps[(server, loop)]) + mark + (f" ({used:.2f} us)" if used else ""))
+            in_kernel = kernel.get((server, loop))
+            spent = f" ({used:.2f} us" + (f", {in_kernel:.2f} in the kernel" if in_kernel else "") + ")"
+            cells.append(_num(rps[(server, loop)]) + mark + (spent if used else ""))
         lines.append(f"| {server} | " + " | ".join(cells) + " |")
     ceiling_loops = [loop for loop in loops if (CEILING, loop) in rps]
     if ceiling_loops:
