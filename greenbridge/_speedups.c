@@ -53,6 +53,70 @@ static PyMethodDef await_def;
    Reading them there costs a load instead of an attribute lookup on every await. */
 static Py_ssize_t direct_offset, task_offset, park_offset;
 
+/* The running loop, as asyncio._get_running_loop() returns it (a new reference: the loop or
+   None), or NULL with an exception set.
+
+   On Python 3.11 that call makes a getpid() system call every time: asyncio keeps the running
+   loop in a holder object in the thread state's dict, with the pid that set it, and a loop
+   inherited across a fork does not count as running. A spawn took one such call (a few hundred
+   ns in a virtual machine, a fifth of the spawn). So on 3.11 this reads the holder itself: the
+   same dict entry, the same test of its pid, against this process's pid kept here (taken at
+   import, and again in the child of every fork). The holder is 3.11's PyRunningLoopHolder
+   (Modules/_asynciomodule.c), recognised by its type's name and size when first seen; anything
+   else -- another layout, the pure-Python asyncio, no entry -- and every other version (3.12 made
+   the call a lookup without a system call) take the call itself. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(MS_WINDOWS)
+#include <unistd.h>
+#include <pthread.h>
+#define RUNNING_LOOP_HOLDER 1
+typedef struct {
+    PyObject_HEAD
+    PyObject *rl_loop;
+    pid_t rl_pid;
+} holder_layout;
+static PyObject *holder_key;        /* "__asyncio_running_event_loop__" */
+static PyTypeObject *holder_type;   /* the holder's type, once seen and recognised */
+static int holder_unknown;          /* an entry of another type was seen: always take the call */
+static volatile pid_t holder_pid;   /* this process's pid */
+
+static void
+holder_after_fork(void)
+{
+    holder_pid = getpid();
+}
+#endif
+
+static PyObject *
+running_loop_now(void)
+{
+#ifdef RUNNING_LOOP_HOLDER
+    PyObject *dict = holder_unknown ? NULL : PyThreadState_GetDict();
+    if (dict != NULL) {
+        PyObject *holder = PyDict_GetItemWithError(dict, holder_key);  /* borrowed */
+        if (holder != NULL && holder_type == NULL) {
+            PyTypeObject *type = Py_TYPE(holder);
+            if (strcmp(type->tp_name, "_RunningLoopHolder") == 0
+                && type->tp_basicsize == (Py_ssize_t)sizeof(holder_layout)) {
+                holder_type = (PyTypeObject *)Py_NewRef(type);
+            }
+            else {
+                holder_unknown = 1;
+            }
+        }
+        if (holder != NULL && Py_TYPE(holder) == holder_type) {
+            holder_layout *h = (holder_layout *)holder;
+            if (h->rl_pid == holder_pid && h->rl_loop != NULL) {
+                return Py_NewRef(h->rl_loop);
+            }
+        }
+        else if (holder == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+#endif
+    return PyObject_CallNoArgs(running_loop);
+}
+
 /* A _Fiber slot as a new reference; AttributeError when it was never set, as getattr would. */
 static PyObject *
 fiber_slot(PyObject *fiber, Py_ssize_t offset, PyObject *name)
@@ -956,7 +1020,7 @@ driver_start(DriverObject *self)
         return NULL;
     }
     PyObject *fiber = NULL, *out = NULL;
-    PyObject *loop = PyObject_CallNoArgs(running_loop);
+    PyObject *loop = running_loop_now();
     if (loop == NULL) {
         goto done;
     }
@@ -3824,7 +3888,20 @@ fibers_check_waker_thread(PyObject *fiber)
     return 0;
 }
 
+/* running_loop_now() for the tests, which hold it to asyncio._get_running_loop()'s answer. */
+static PyObject *
+running_loop_py(PyObject *module, PyObject *unused)
+{
+    if (running_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenbridge._speedups: init was not called");
+        return NULL;
+    }
+    return running_loop_now();
+}
+
 static PyMethodDef methods[] = {
+    {"running_loop", running_loop_py, METH_NOARGS,
+     "running_loop() -> the running loop or None, as asyncio._get_running_loop() (call init first)"},
     {"init", init, METH_VARARGS,
      "init(fiber_type, getcurrent, slow_path, suspend_check, doc, bad_yield, get_running_loop, "
      "task_of) -> the C await_from_green"},
@@ -3871,6 +3948,16 @@ PyInit__speedups(void)
     str_get_loop = PyUnicode_InternFromString("get_loop");
     str_set_result = PyUnicode_InternFromString("set_result");
     str_create_future = PyUnicode_InternFromString("create_future");
+#ifdef RUNNING_LOOP_HOLDER
+    holder_pid = getpid();
+    if (pthread_atfork(NULL, NULL, holder_after_fork) != 0) {
+        holder_unknown = 1;  /* a child could not learn its pid: never read the holder */
+    }
+    holder_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
+    if (holder_key == NULL) {
+        return NULL;
+    }
+#endif
     if (!str_direct || !str_blocking || !str_parent || !str_switch || !str_throw || !str_value
         || !str_task || !str_park || !str_done || !str_get_loop || !str_set_result
         || !str_create_future) {

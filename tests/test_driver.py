@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import types
 import warnings
 from collections.abc import Callable, Generator
@@ -356,3 +357,91 @@ def test_a_task_made_of_the_driver_is_named_by_the_function_its_fiber_runs(run_g
     assert _core._drive(len, (), {}).__qualname__ == "len"
     assert _core._drive(background, (), {}).__name__ == "background"
     assert _core._drive(object(), (), {}).__qualname__ == "object"
+
+
+# -- the running loop, as the accelerator finds it ---------------------------------------------------
+
+speedups = _core._speedups if _core.SPEEDUPS else None
+needs_speedups = pytest.mark.skipif(speedups is None, reason="the C accelerator is not in use")
+
+
+@needs_speedups
+def test_the_accelerators_running_loop_is_asyncios_in_a_loop_and_none_outside(run_async: Run) -> None:
+    # On Python 3.11 the accelerator reads asyncio's holder of the running loop itself (see
+    # running_loop_now in _speedups.c); everywhere it must answer as asyncio._get_running_loop.
+    assert speedups is not None
+    assert speedups.running_loop() is None
+
+    async def inside() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        in_a_fiber = await gb.spawn_green(speedups.running_loop)
+        return speedups.running_loop() is loop, in_a_fiber is loop
+
+    assert run_async(inside) == (True, True)
+    assert speedups.running_loop() is None
+
+
+@needs_speedups
+def test_each_thread_finds_its_own_running_loop(run_async: Run) -> None:
+    import threading
+
+    assert speedups is not None
+    seen: dict[str, bool] = {}
+    started, stop = threading.Event(), threading.Event()
+
+    def other() -> None:
+        async def main() -> None:
+            seen["other sees its loop"] = speedups.running_loop() is asyncio.get_running_loop()
+            started.set()
+            await asyncio.get_running_loop().run_in_executor(None, stop.wait, 10)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert started.wait(10)
+
+        async def here() -> bool:
+            return speedups.running_loop() is asyncio.get_running_loop()
+
+        seen["this thread sees its loop"] = run_async(here)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert seen == {"other sees its loop": True, "this thread sees its loop": True}
+
+
+@needs_speedups
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_loop_inherited_across_a_fork_is_not_running_in_the_child(run_async: Run) -> None:
+    # asyncio's rule (its holder keeps the pid that set it): the child of a fork made inside a
+    # running loop has no running loop, and may run one of its own.
+    assert speedups is not None
+
+    async def fork_inside() -> str:
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+            pid = os.fork()
+        if pid == 0:  # the child: report and leave at once, no pytest teardown
+            try:
+                inherited = speedups.running_loop()
+
+                async def own() -> bool:
+                    return speedups.running_loop() is asyncio.get_running_loop()
+
+                report = f"{inherited!r} {asyncio.run(own())} {speedups.running_loop()!r}"
+            except BaseException as exc:  # reported to the parent
+                report = f"child failed: {exc!r}"
+            os.write(write_end, report.encode())
+            os._exit(0)
+        os.close(write_end)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as f:
+            report = f.read().decode()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert speedups.running_loop() is asyncio.get_running_loop()
+        return report
+
+    assert run_async(fork_inside) == "None True None"
