@@ -354,8 +354,10 @@ def render_echo(outcome: Outcome) -> list[str]:
             used = cpu.get((server, loop))
             mark = "†" if busy.get((server, loop), 0.0) >= LOAD_BUSY else ""
             in_kernel = kernel.get((server, loop))
-            spent = f" ({used:.2f} us" + (f", {in_kernel:.2f} in the kernel" if in_kernel else "") + ")"
-            cells.append(_num(rps[(server, loop)]) + mark + (spent if used else ""))
+            spent = ""
+            if used:
+                spent = f" ({used:.2f} us" + (f", {in_kernel:.2f} in the kernel" if in_kernel else "") + ")"
+            cells.append(_num(rps[(server, loop)]) + mark + spent)
         lines.append(f"| {server} | " + " | ".join(cells) + " |")
     ceiling_loops = [loop for loop in loops if (CEILING, loop) in rps]
     if ceiling_loops:
