@@ -181,9 +181,12 @@ def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
                 for name, value in row.items()
                 if name not in ("native", "greenbridge")
             )
-            + ". A switch pair in a loop of its own keeps its code in the CPU's caches; between "
-            "the loop's work it does not, so this, not the sum above, is what a bridge can reach "
-            "(bench_instructions.py --misses counts the cache misses of each).",
+            + ". Neither is a floor by time. A switch pair in a loop of its own keeps its code in "
+            "the CPU's caches, which it does not between the loop's work, so the sum above is "
+            "below what any bridge takes; and this bridge, though it executes fewer instructions "
+            "than any peer (bench_instructions.py, sleep0-greenlet), need not take less time: "
+            "what a suspension costs in time follows the caches and the branch predictor "
+            "(bench_instructions.py --misses simulates both) as much as its instructions.",
             "",
         ]
     return lines
