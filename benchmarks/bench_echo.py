@@ -6,9 +6,10 @@ client there is) keeps ``--connections`` connections doing request/response ping
 ``--size`` bytes and, after a warm-up, counts the round trips of a measured window. On a machine
 with at least two cores the server and the load are pinned to different cores. Beside throughput,
 the server's CPU time per round trip over the same window (Linux: /proc, every thread), which a
-busy shared machine disturbs much less; and the load's own CPU share of the window (near 100%,
-the load may be what bounds the throughput). Every configuration is measured ``--rounds`` times,
-interleaved, and the median reported.
+busy shared machine disturbs much less, with the part of it spent in the kernel and the times
+the server went to sleep for want of work (voluntary context switches), each per round trip; and
+the load's own CPU share of the window (near 100%, the load may be what bounds the throughput).
+Every configuration is measured ``--rounds`` times, interleaved, and the median reported.
 
 Servers (each on the asyncio loop and on uvloop, except gevent which has its own hub):
 
