@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from greenlet import getcurrent, greenlet
+
 import greenbridge as gb
 
 Bridge = dict[str, Any]
@@ -137,8 +139,6 @@ async def _timed_bridge(bridge: Bridge, op: str, n: int) -> float:
 async def _timed_switch_pair(n: int) -> float:
     """A switch into a plain greenlet and back out, ``n`` times: what greenlet itself costs a
     suspension (the floor of one is native ``sleep(0)`` plus one such pair)."""
-    from greenlet import getcurrent, greenlet
-
     main = getcurrent()
 
     def body() -> None:
@@ -156,8 +156,6 @@ def _floor_spawn(fn: Callable[[], Any]) -> Awaitable[Any]:
     """The least a greenlet bridge can do: ``fn`` in a plain greenlet whose switches out hand
     this coroutine an awaitable, awaited and its result switched back in (no error handling,
     no Task or context bookkeeping)."""
-    from greenlet import greenlet
-
     async def drive() -> Any:
         child = greenlet(fn)
         value = child.switch()
@@ -169,8 +167,6 @@ def _floor_spawn(fn: Callable[[], Any]) -> Awaitable[Any]:
 
 
 def _floor_await(awaitable: Any) -> Any:
-    from greenlet import getcurrent
-
     parent = getcurrent().parent
     assert parent is not None
     return parent.switch(awaitable)
