@@ -308,8 +308,7 @@ own_task_loop(PyObject *fiber)
         Py_XDECREF(own);
         return NULL;
     }
-    PyObject *loop = PyObject_VectorcallMethod(
-        str_get_loop, &own, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *loop = PyObject_CallMethodNoArgs(own, str_get_loop);
     PyObject *task = loop == NULL ? NULL : PyObject_CallOneArg(task_of, loop);
     Py_DECREF(own);
     Py_XDECREF(task);  /* only its identity is compared; the loop and the fiber hold it */
@@ -690,9 +689,11 @@ park_fiber(PyObject *fiber)
     }
     if (fresh) {
         Py_DECREF(future);
-        /* The running loop; its Task is the fiber's own when own_task_loop finds it. */
+        /* The running loop. When own_task_loop finds it, the Task it is stepping is already the
+           one recorded in ``_task``; else the Task is looked up and recorded. */
         PyObject *loop = own_task_loop(fiber);
-        if (loop == NULL && (PyErr_Occurred() || (loop = PyObject_CallNoArgs(get_running_loop)) == NULL)) {
+        int recorded = loop != NULL;
+        if (!recorded && (PyErr_Occurred() || (loop = PyObject_CallNoArgs(get_running_loop)) == NULL)) {
             return NULL;
         }
         future = call_method0(loop, str_create_future);
@@ -701,14 +702,16 @@ park_fiber(PyObject *fiber)
             return NULL;
         }
         fiber_set(fiber, park_offset, future);
-        PyObject *task = PyObject_CallOneArg(task_of, loop);
+        PyObject *task = recorded ? NULL : PyObject_CallOneArg(task_of, loop);
         Py_DECREF(loop);
-        if (task == NULL) {
-            Py_DECREF(future);
-            return NULL;
+        if (!recorded) {
+            if (task == NULL) {
+                Py_DECREF(future);
+                return NULL;
+            }
+            fiber_set(fiber, task_offset, task);
+            Py_DECREF(task);
         }
-        fiber_set(fiber, task_offset, task);
-        Py_DECREF(task);
     }
     if (PyObject_SetAttr(future, str_blocking, Py_True) < 0) {
         Py_DECREF(future);
