@@ -10,8 +10,10 @@ Three operations, each timed per operation (ns), as the median of several rounds
 Peers: native ``await`` (the floor), greenbridge, SQLAlchemy's ``greenlet_spawn``/``await_``,
 awaitlet, greenletio and greenback (each skipped with a note when not installed). And two floors
 of ``await_sleep0``: native ``sleep(0)`` plus one greenlet switch pair timed in a loop of its own
-(the floor by instructions), and the least greenlet bridge (``FLOOR_BRIDGE``: the floor by time,
-since a switch between the loop's work misses the caches a switch alone keeps warm).
+(the floor by instructions), and the least greenlet bridge (``FLOOR_BRIDGE``, the fewest
+instructions any greenlet bridge executes). Neither bounds the time: a switch between the loop's
+work misses the caches that a switch alone keeps warm, and the timings follow those misses as
+much as the instructions (``bench_instructions.py --misses``).
 
     python benchmarks/bench_crossing.py [--loops asyncio,uvloop] [--rounds 7] [--n 20000]
     python benchmarks/bench_crossing.py --json results.json
@@ -172,9 +174,9 @@ def _floor_await(awaitable: Any) -> Any:
     return parent.switch(awaitable)
 
 
-#: The least greenlet bridge, in the shape of the others: the realistic floor of a suspension (the
-#: loop's work and a greenlet's switches in one iteration evict each other's code from the CPU's
-#: caches, which a tight loop of switches alone never shows).
+#: The least greenlet bridge, in the shape of the others: a suspension with nothing but the switches
+#: and the await, in the same loop iteration as the loop's own work (which a tight loop of switches
+#: alone never shares the CPU's caches with).
 FLOOR_BRIDGE: Bridge = {"spawn": _floor_spawn, "await_": _floor_await}
 
 

@@ -158,11 +158,16 @@ def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
     if pair is None or not row:
         return []
     floor = row["native"] + pair
-    peers = ", ".join(
-        f"{name} {floor / value:.2f}x"
-        for name, value in row.items()
-        if name not in ("native", "greenbridge")
-    )
+
+    def per_peer(figure: float) -> str:
+        """``figure`` / each peer's await_sleep0."""
+        return ", ".join(
+            f"{name} {figure / value:.2f}x"
+            for name, value in row.items()
+            if name not in ("native", "greenbridge")
+        )
+
+    peers = per_peer(floor)
     lines = [
         f"Floor of await_sleep0 on {loop_name}: native {row['native']:,.0f} ns + one greenlet "
         f"switch pair {pair:,.0f} ns = {floor:,.0f} ns; "
@@ -176,17 +181,13 @@ def floor_notes(results: dict[str, Any], loop_name: str) -> list[str]:
             f"The least greenlet bridge (a plain greenlet handing each awaitable to a coroutine "
             f"that awaits it: no error handling, no Task or context bookkeeping) takes "
             f"{least:,.0f} ns: greenbridge {row['greenbridge'] / least:.2f}x of it, it / "
-            + ", ".join(
-                f"{name} {least / value:.2f}x"
-                for name, value in row.items()
-                if name not in ("native", "greenbridge")
-            )
-            + ". Neither is a floor by time. A switch pair in a loop of its own keeps its code in "
-            "the CPU's caches, which it does not between the loop's work, so the sum above is "
-            "below what any bridge takes; and this bridge, though it executes fewer instructions "
-            "than any peer (bench_instructions.py, sleep0-greenlet), need not take less time: "
-            "what a suspension costs in time follows the caches and the branch predictor "
-            "(bench_instructions.py --misses simulates both) as much as its instructions.",
+            f"{per_peer(least)}. Neither is a floor by time. A switch pair in a loop of its own "
+            "keeps its code in the CPU's caches, which it does not between the loop's work, so "
+            "the sum above is below what any bridge takes; and this bridge, though it executes "
+            "fewer instructions than any peer (bench_instructions.py, sleep0-greenlet), need not "
+            "take less time: what a suspension costs in time follows the caches and the branch "
+            "predictor (bench_instructions.py --misses simulates both) as much as its "
+            "instructions.",
             "",
         ]
     return lines
@@ -340,8 +341,8 @@ def render_echo(outcome: Outcome) -> list[str]:
         "and, in brackets, the server's CPU time per round trip in us over the same window "
         "(lower is better; a busy machine disturbs it less than throughput)"
         + (", and how much of that was in the kernel: the system calls and the loopback "
-           "network stack, the same work for every server on a loop, which bounds the ratios "
-           "between them however little the server's own code does" if kernel else "")
+           "network stack, which bound the ratios between servers however little their own "
+           "code does" if kernel else "")
         + (f"; † marks a load process on the CPU {LOAD_BUSY:.0%}+ of the window, which may then "
            "be what bounds the throughput" if busy else "") + ".",
         "",
