@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import types
 import warnings
 from collections.abc import Callable, Generator
@@ -383,8 +384,6 @@ def test_the_accelerators_running_loop_is_asyncios_in_a_loop_and_none_outside(ru
 
 @needs_speedups
 def test_each_thread_finds_its_own_running_loop(run_async: Run) -> None:
-    import threading
-
     assert speedups is not None
     seen: dict[str, bool] = {}
     started, stop = threading.Event(), threading.Event()
